@@ -1,0 +1,88 @@
+"""HierarchicalAttention: the local spatial-channel attention of the HAP stream (paper Eq. 2-5, spec §2.3)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ChannelAttentionMLP(nn.Module):
+    """sigma(MLP(P^s(x))) for one pooling branch; the MLP is shared by both branches (Eq. 2, A11)."""
+
+    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8):
+        super().__init__()
+        hidden = max(channels // reduction, min_hidden)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
+                                 nn.Conv2d(hidden, channels, 1, bias=False))
+
+    def forward(self, x: torch.Tensor, pool: str) -> torch.Tensor:
+        pooled = x.amax(dim=(2, 3), keepdim=True) if pool == "max" else x.mean(dim=(2, 3), keepdim=True)
+        return torch.sigmoid(self.mlp(pooled))
+
+
+class SpatialAttentionConv(nn.Module):
+    """sigma(Conv(P^c(x))) for one pooling branch: a 1-channel conv over the channel-pooled map (Eq. 3, A10)."""
+
+    def __init__(self, pool: str, kernel_size: int = 7):
+        super().__init__()
+        self.pool = pool
+        self.conv = nn.Conv2d(1, 1, kernel_size, padding=kernel_size // 2, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.amax(dim=1, keepdim=True) if self.pool == "max" else x.mean(dim=1, keepdim=True)
+        return torch.sigmoid(self.conv(pooled))
+
+
+class DynamicCalibrationGate(nn.Module):
+    """A_d = sigma(c*(w_max O_max + w_avg O_avg)) (Eq. 4-5); the gate re-weights the ORIGINAL features h.
+
+    `gate` picks the shape of A_d the paper leaves open (A13): 'full' C x H x W (default), 'channel' C x 1 x 1
+    (global pooling first), 'spatial' 1 x H x W.
+    """
+
+    def __init__(self, channels: int, gate: str = "full"):
+        super().__init__()
+        self.gate = gate
+        self.w_max = nn.Parameter(torch.tensor(0.5))  # A12: learnable scalars, an even mix at init
+        self.w_avg = nn.Parameter(torch.tensor(0.5))
+        self.proj = nn.Conv2d(channels, 1 if gate == "spatial" else channels, 1, bias=True)
+
+    def forward(self, h: torch.Tensor, o_max: torch.Tensor, o_avg: torch.Tensor) -> torch.Tensor:
+        o_d = self.w_max * o_max + self.w_avg * o_avg  # Eq. 4
+        if self.gate == "channel":
+            o_d = o_d.mean(dim=(2, 3), keepdim=True)
+        return torch.sigmoid(self.proj(o_d)) * h  # Eq. 5 (the ConvBlock that follows belongs to the stage)
+
+
+class HierarchicalAttention(nn.Module):
+    """Channel then spatial attention on separate max and avg branches, fused by dynamic calibration.
+
+    With `order='spatial_first'` the two attentions swap places (Table 6 B.1/B.2); `channel=False` /
+    `spatial=False` drop one of them (Table 5 A.4/A.3); `dcal=False` returns O_max + O_avg with no learnable
+    mix and no gate (Table 6 B.1/B.3, spec §4 note).
+    """
+
+    def __init__(self, channels: int, channel: bool = True, spatial: bool = True, order: str = "channel_first",
+                 dcal: bool = True, dcal_gate: str = "full", sa_kernel: int = 7, ca_reduction: int = 16,
+                 ca_min_hidden: int = 8):
+        super().__init__()
+        steps = [name for name, on in (("channel", channel), ("spatial", spatial)) if on]
+        self.steps = tuple(reversed(steps)) if order == "spatial_first" else tuple(steps)
+        self.channel_att = ChannelAttentionMLP(channels, ca_reduction, ca_min_hidden) if channel else None
+        self.spatial_max = SpatialAttentionConv("max", sa_kernel) if spatial else None
+        self.spatial_avg = SpatialAttentionConv("avg", sa_kernel) if spatial else None
+        self.calibration = DynamicCalibrationGate(channels, dcal_gate) if dcal else None
+
+    def _branch(self, h: torch.Tensor, pool: str) -> torch.Tensor:
+        x = h
+        for step in self.steps:
+            if step == "channel":
+                x = self.channel_att(x, pool) * x  # Eq. 2: m = A^c ⊙ h
+            else:
+                x = (self.spatial_max if pool == "max" else self.spatial_avg)(x) * x  # Eq. 3: O = A^s ⊙ m
+        return x
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        o_max, o_avg = self._branch(h, "max"), self._branch(h, "avg")
+        if self.calibration is None:
+            return o_max + o_avg
+        return self.calibration(h, o_max, o_avg)

@@ -1,0 +1,109 @@
+"""`danie-nnunet`: one console script with subcommands."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+
+def _size(text: str):
+    parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p]
+    return (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)
+
+
+def cmd_info(args) -> int:
+    from .config import get_config
+    from .cost import PAPER_GMACS_256, count_cost
+    cost = count_cost(args.variant, args.size, args.in_chans, args.classes)
+    cfg = get_config(args.variant)
+    print(f"DANIE-{args.variant}: SAP {cfg.sap_model if cfg.use_sap else '(off)'}, dims {list(cfg.dims)}, "
+          f"input {args.in_chans}x{args.size[0]}x{args.size[1]}, {args.classes} classes")
+    print(cost.table())
+    if args.variant in PAPER_GMACS_256 and tuple(args.size) == (256, 256):
+        paper = PAPER_GMACS_256[args.variant]
+        print(f"paper (Table 1 'GFLOPs' = GMACs at 256x256): {paper:.2f}; ours {cost.gmacs:.2f} "
+              f"({100 * (cost.gmacs / paper - 1):+.1f}%)")
+    return 0
+
+
+def cmd_ext_path(args) -> int:
+    from .demo import ext_trainer_path
+    print(ext_trainer_path())
+    return 0
+
+
+def cmd_download_weights(args) -> int:
+    from safetensors.torch import save_file
+
+    from .config import get_config
+    from .pretrained import _hub_state_dict
+    name = get_config(args.variant).sap_model
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"{name}.in1k.safetensors")
+    tmp = path + ".part"
+    save_file({k: v.contiguous() for k, v in _hub_state_dict(name).items()}, tmp)
+    os.replace(tmp, path)  # never leave a truncated file under the final name
+    print(f"wrote {path}\nuse it with: export DANIE_PRETRAINED={os.path.abspath(args.out)}")
+    return 0
+
+
+def cmd_check_weights(args) -> int:
+    from .network import create_danie
+    from .pretrained import load_imagenet_weights
+    net = create_danie(args.variant, args.size, 3, 2)
+    print(load_imagenet_weights(net, args.source))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(args.out, args.device, args.trainer)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="danie-nnunet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="params and GMACs of a DANIE variant (torch's FLOP counter)")
+    p.add_argument("--variant", default="L", help="S, L, an ablation row (A.1 ... C.5) or S/<row>")
+    p.add_argument("--size", type=_size, default=(256, 256), help="input size, e.g. 256 or 256x224")
+    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--classes", type=int, default=9)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("ext-path", help="print the folder for nnU-Net's nnUNet_extTrainer variable")
+    p.set_defaults(func=cmd_ext_path)
+
+    p = sub.add_parser("download-weights", help="save ImageNet MaxViT weights from the timm hub (needs internet)")
+    p.add_argument("--variant", default="L", choices=["S", "L"])
+    p.add_argument("--out", required=True, help="folder to write <model>.in1k.safetensors into")
+    p.set_defaults(func=cmd_download_weights)
+
+    p = sub.add_parser("check-weights", help="load a weights file or folder into a DANIE network and report")
+    p.add_argument("source", help="a .safetensors/.pth file or a folder (what DANIE_PRETRAINED would hold)")
+    p.add_argument("--variant", default="L", choices=["S", "L"])
+    p.add_argument("--size", type=_size, default=(224, 224))
+    p.set_defaults(func=cmd_check_weights)
+
+    p = sub.add_parser("demo", help="synthetic CT -> nnU-Net plan/preprocess -> DANIE train -> predict -> metrics")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--trainer", default=None, help="default: a few-minute run on CPU, 50 epochs on a GPU")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"danie-nnunet {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

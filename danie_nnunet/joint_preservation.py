@@ -1,0 +1,88 @@
+"""Joint Preservation (paper §3.4, Eq. 10-12; spec §2.6-2.7): fuse the two streams and decode coarse to fine."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DANIEConfig
+from .context import ChannelSelfAttention, GlobalContextGate
+from .layers import ConvBlock, ConvBnAct
+
+
+class StreamAggregation(nn.Module):
+    """e_k = ES(s_k) + EH(h_k) (Eq. 10); ablations drop ES/EH or a stream, or concatenate the streams (C.1)."""
+
+    def __init__(self, channels: int, cfg: DANIEConfig):
+        super().__init__()
+        self.es = ChannelSelfAttention() if cfg.use_es else None
+        self.eh = GlobalContextGate(channels, cfg.eh_ratio) if cfg.use_eh else None
+        self.concat = cfg.stream_fusion == "concat"
+
+    def forward(self, s: Optional[torch.Tensor], h: Optional[torch.Tensor]) -> torch.Tensor:
+        if s is not None and self.es is not None:
+            s = self.es(s)
+        if h is not None and self.eh is not None:
+            h = self.eh(h)
+        if s is None or h is None:
+            return h if s is None else s
+        return torch.cat([s, h], dim=1) if self.concat else s + h
+
+
+class JointPreservation(nn.Module):
+    """j_4 = ConvBlock(e_4); j_k = ConvBlock(Cat[e_k, u_k]), u_k = CBA(Up(j_{k+1})) for k = 3, 2, 1 (Eq. 11).
+
+    The paper's j_{i-1} is the next-coarser level (CASCADE numbers its decoder deepest-first); u_k brings it to
+    the size and channels of e_k with CASCADE's up_conv (A18). `forward` returns [j_1, j_2, j_3, j_4] (fine
+    to coarse).
+    """
+
+    def __init__(self, cfg: DANIEConfig):
+        super().__init__()
+        dims, f = cfg.dims, cfg.fused_channel_factor
+        self.aggregations = nn.ModuleList(StreamAggregation(d, cfg) for d in dims)
+        self.up_convs = nn.ModuleList(ConvBnAct(dims[k + 1], dims[k]) for k in range(3))
+        merged = [(f + 1) * d if cfg.jp_merge == "concat" else d for d in dims[:3]]
+        # A20: the deepest level has no coarser partner; optionally concatenate a 1x1 projection of e_4
+        self.deepest_partner = nn.Conv2d(f * dims[3], f * dims[3], 1) if cfg.deepest_self_concat else None
+        deepest_in = f * dims[3] * (2 if cfg.deepest_self_concat else 1)
+        self.blocks = nn.ModuleList([ConvBlock(merged[k], dims[k]) for k in range(3)]
+                                    + [ConvBlock(deepest_in, dims[3])])
+        self.concat = cfg.jp_merge == "concat"
+        self.residual = cfg.jp_residual
+        self.upsample_mode = cfg.jp_upsample
+
+    def _upsample(self, j: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        if self.upsample_mode == "bilinear":
+            return F.interpolate(j, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(j, size=size, mode="nearest")
+
+    def forward(self, sap_features: Sequence[Optional[torch.Tensor]],
+                hap_features: Sequence[Optional[torch.Tensor]]) -> List[torch.Tensor]:
+        e = [agg(s, h) for agg, s, h in zip(self.aggregations, sap_features, hap_features)]
+        deepest = e[3] if self.deepest_partner is None else torch.cat([e[3], self.deepest_partner(e[3])], 1)
+        j = [self.blocks[3](deepest)]
+        for k in (2, 1, 0):
+            u = self.up_convs[k](self._upsample(j[0], e[k].shape[-2:]))
+            merged = torch.cat([e[k], u], dim=1) if self.concat else e[k] + u
+            jk = self.blocks[k](merged)
+            j.insert(0, jk + u if self.residual else jk)  # C.1 "Res": parameter-free (spec §4 note)
+        return j
+
+
+class PredictionHeads(nn.Module):
+    """p_k = Up(Conv1x1(j_k)) to the input size, bilinear (A22); y = sum_k alpha_k p_k (Eq. 12)."""
+
+    def __init__(self, dims: Sequence[int], num_classes: int, weights: Sequence[float]):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Conv2d(d, num_classes, 1, bias=True) for d in dims)
+        self.weights = tuple(float(w) for w in weights)
+
+    def forward(self, j: Sequence[torch.Tensor], size: Sequence[int]) -> List[torch.Tensor]:
+        """Returns [y, p_1, p_2, p_3, p_4], all at `size`."""
+        p = [F.interpolate(head(jk), size=size, mode="bilinear", align_corners=False)
+             for head, jk in zip(self.heads, j)]
+        y = sum(w * pk for w, pk in zip(self.weights, p))
+        return [y, *p]

@@ -1,0 +1,1 @@
+"""nnU-Net plans tooling for DANIE configurations (imports nnunetv2)."""

@@ -1,0 +1,27 @@
+"""Tiny DANIE trainers for the end-to-end tests; found by nnU-Net through nnUNet_extTrainer like the real ones."""
+import os
+
+from danie_nnunet.trainers import DANIETrainer_S
+
+
+class DANIETrainerTest(DANIETrainer_S):
+    """DANIE-S, 2 epochs of 2 iterations, a checkpoint every epoch; no test-time mirroring (4x faster)."""
+
+    epochs = 2
+    iterations_per_epoch = 2
+    val_iterations_per_epoch = 1
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=None):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.save_every = 1
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch, None
+
+    def on_train_epoch_start(self):
+        # DANIE_TEST_KILL_AT_EPOCH=N: die like `kill -9` when epoch N starts (the checkpoint of N-1 is written)
+        if os.environ.get("DANIE_TEST_KILL_AT_EPOCH") == str(self.current_epoch):
+            os._exit(137)
+        super().on_train_epoch_start()

@@ -1,0 +1,86 @@
+"""Each building block alone: shapes, the paper's invariants, the ablation switches."""
+import pytest
+import torch
+
+from danie_nnunet.attention import HierarchicalAttention
+from danie_nnunet.config import get_config
+from danie_nnunet.context import ChannelSelfAttention, GlobalContextGate
+from danie_nnunet.joint_preservation import JointPreservation, PredictionHeads
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, dict(order="spatial_first"), dict(dcal=False), dict(channel=False), dict(spatial=False),
+    dict(dcal_gate="channel"), dict(dcal_gate="spatial"), dict(sa_kernel=1),
+])
+def test_hierarchical_attention_keeps_shape(kwargs):
+    att = HierarchicalAttention(32, **kwargs)
+    h = torch.randn(2, 32, 12, 10)
+    out = att(h)
+    assert out.shape == h.shape and torch.isfinite(out).all()
+
+
+def test_hierarchical_attention_without_dcal_is_the_sum_of_the_branches():
+    att = HierarchicalAttention(16, channel=False, spatial=False, dcal=False)
+    h = torch.randn(1, 16, 8, 8)
+    assert torch.equal(att(h), h + h)  # no attention at all: O_max = O_avg = h
+    assert not any(p.numel() for p in att.parameters())
+
+
+def test_dynamic_calibration_gates_the_original_features():
+    att = HierarchicalAttention(16)
+    with torch.no_grad():  # a gate of exactly 1 passes h through unchanged (Eq. 5)
+        att.calibration.proj.weight.zero_()
+        att.calibration.proj.bias.fill_(100.0)
+    h = torch.randn(1, 16, 8, 8)
+    torch.testing.assert_close(att(h), h)
+
+
+def test_channel_self_attention_starts_as_identity():
+    es = ChannelSelfAttention()
+    assert es.gamma.item() == 0.0
+    s = torch.randn(2, 8, 5, 7)
+    assert torch.equal(es(s), s)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_channel_self_attention_is_finite_in_half_precision_autocast(dtype):
+    es = ChannelSelfAttention()
+    with torch.no_grad():
+        es.gamma.fill_(1.0)
+    # stage 1 of a 512 patch has 16,384 positions: the C x C energy overflows fp16 unless computed in fp32
+    s = (torch.randn(1, 16, 128, 128) * 8).to(dtype)
+    q = s.reshape(1, 16, -1)
+    if dtype == torch.float16:
+        assert not torch.isfinite(q @ q.transpose(1, 2)).all()  # what a half-precision ES would compute
+    with torch.autocast("cpu", dtype=dtype):
+        out = es(s)
+    assert out.dtype == dtype and torch.isfinite(out.float()).all()
+    torch.testing.assert_close(out.float(), es(s.float()), atol=0.1, rtol=0.02)
+
+
+def test_global_context_gate_is_a_multiplicative_channel_gate():
+    eh = GlobalContextGate(16)
+    h = torch.rand(2, 16, 6, 6) + 0.1
+    ratio = eh(h) / h  # eh = W_g ⊙ h with W_g in (0, 1) per channel
+    assert ((ratio > 0) & (ratio < 1)).all()
+    torch.testing.assert_close(ratio, ratio[..., :1, :1].expand_as(ratio))
+    assert eh.mlp_scale.fc1.out_channels == 4  # P = C/4
+
+
+@pytest.mark.parametrize("row", ["C.5", "C.1", "C.2", "A.1", "A.2"])
+def test_joint_preservation_shapes(row):
+    cfg = get_config(row, dims=(8, 16, 32, 64))
+    jp = JointPreservation(cfg)
+    sizes = [(16, 12), (8, 6), (4, 3), (2, 2)]  # odd sizes line up because upsampling is size-based
+    s = [torch.randn(1, c, *hw) if cfg.use_sap else None for c, hw in zip(cfg.dims, sizes)]
+    h = [torch.randn(1, c, *hw) if cfg.use_hap else None for c, hw in zip(cfg.dims, sizes)]
+    j = jp(s, h)
+    assert [tuple(t.shape) for t in j] == [(1, c, *hw) for c, hw in zip(cfg.dims, sizes)]
+
+
+def test_prediction_heads_sum_to_y():
+    heads = PredictionHeads((8, 16, 32, 64), 3, (1.0, 1.0, 1.0, 1.0))
+    j = [torch.randn(1, c, 16 // 2 ** k, 16 // 2 ** k) for k, c in enumerate((8, 16, 32, 64))]
+    y, *p = heads(j, (64, 64))
+    assert all(t.shape == (1, 3, 64, 64) for t in [y, *p])
+    torch.testing.assert_close(y, sum(p))

@@ -1,0 +1,134 @@
+"""DANIETrainer: nnU-Net's trainer with the DANIE network and the paper's recipe (spec §5).
+
+Changes against nnUNetTrainer, nothing else:
+- the network is DANIE (L here, S in DANIETrainer_S), built for the plans' 2D patch size rounded up to a
+  multiple of 32 (the rounded patch size is written to the plans this run saves, so inference agrees);
+- deep supervision is the paper's: the four heads p_1..p_4, each at full resolution, get 0.7 Dice + 0.3 CE
+  with weight 1 (Eq. 12 alphas); the summed output y comes first (nnU-Net's online validation reads
+  output[0]) with loss weight 0;
+- AdamW, lr 1e-4, weight decay 1e-4, constant learning rate (CASCADE/MERIT lineage);
+- on CUDA, autocast runs in bf16 where the card supports it (no GradScaler needed), else nnU-Net's fp16;
+- ImageNet MaxViT weights are loaded from $DANIE_PRETRAINED when training starts (never at inference).
+"""
+from __future__ import annotations
+
+import torch
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from torch._dynamo import OptimizedModule
+
+from danie_nnunet.network import DANIE, create_danie
+from danie_nnunet.patch_size import round_up_patch_size
+from danie_nnunet.pretrained import ENV_VAR, load_imagenet_weights
+
+NUM_HEADS = 4
+
+
+class DANIEConfigurationError(RuntimeError):
+    """The nnU-Net configuration cannot be trained with DANIE."""
+
+
+def fit_plans_to_danie(plans: dict, configuration: str) -> str:
+    """Round the configuration's patch size up to a multiple of 32 in `plans` (in place); return a log line.
+
+    Raises DANIEConfigurationError for configurations that are not 2D.
+    """
+    if configuration not in plans.get("configurations", {}):
+        raise DANIEConfigurationError(f"configuration {configuration!r} is not in the plans; available: "
+                                      f"{sorted(plans.get('configurations', {}))}")
+    patch_size = list(PlansManager(plans).get_configuration(configuration).patch_size)
+    if len(patch_size) != 2:
+        raise DANIEConfigurationError(
+            f"DANIE is a 2D network, but configuration {configuration!r} has the {len(patch_size)}D patch size "
+            f"{patch_size}. Train the 2d configuration: nnUNetv2_train DATASET 2d FOLD -tr <DANIE trainer>")
+    rounded = list(round_up_patch_size(patch_size))
+    plans["configurations"][configuration]["patch_size"] = rounded
+    if rounded == patch_size:
+        return f"DANIE: patch size {patch_size} (a multiple of 32) used as planned"
+    return (f"DANIE: patch size {patch_size} of configuration {configuration!r} rounded up to {rounded} "
+            f"(DANIE needs multiples of 32; nnU-Net pads smaller images)")
+
+
+def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
+    """The DANIE module under DDP and torch.compile wrappers."""
+    if isinstance(network, torch.nn.parallel.DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+class DANIETrainer(nnUNetTrainer):
+    """DANIE-L (the paper's headline model) trained with nnU-Net's data pipeline and the paper's recipe."""
+
+    danie_variant = "L"
+    # nnU-Net's schedule; the short variants override these class attributes
+    epochs = 1000
+    iterations_per_epoch = 250
+    val_iterations_per_epoch = 50
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        patch_note = fit_plans_to_danie(plans, configuration)  # before super(): the saved plans must agree
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 1e-4
+        self.weight_decay = 1e-4
+        self.num_epochs = self.epochs
+        self.num_iterations_per_epoch = self.iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        self.print_to_log_file(patch_note)
+        if self.label_manager.has_regions:
+            raise DANIEConfigurationError("DANIE trainers do not support region-based training (dataset.json "
+                                          "'regions_class_order'); use integer labels")
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> DANIE:
+        # A classmethod with nnU-Net 2.8's signature, so each variant only names its configuration. Called at
+        # inference without a trainer instance, so it must not load weights or read anything but its arguments.
+        return create_danie(cls.danie_variant, configuration_manager.patch_size, num_input_channels,
+                            num_output_channels, enable_deep_supervision)
+
+    def initialize(self):
+        super().initialize()
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            # nnU-Net's train/validation steps use autocast's default dtype; bf16 has fp32's range, so
+            # neither loss scaling nor the fp16 overflow risk of attention logits apply
+            torch.set_autocast_dtype("cuda", torch.bfloat16)
+            self.grad_scaler = None
+            self.print_to_log_file("DANIE: mixed precision in bf16 (autocast default dtype), no GradScaler")
+        report = load_imagenet_weights(unwrap_network(self.network))
+        if report is None:
+            self.print_to_log_file(f"DANIE: no ImageNet weights ({ENV_VAR} is not set): the MaxViT stream starts "
+                                   f"from random init, unlike the paper. Set {ENV_VAR} to a weights file or folder "
+                                   f"(see `danie-nnunet download-weights`).", also_print_to_console=True)
+        else:
+            self.print_to_log_file(f"DANIE: {report}", also_print_to_console=True)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        # exponent 0: nnU-Net's per-epoch scheduler hook with the paper's constant learning rate
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.0)
+
+    def _get_deep_supervision_scales(self):
+        # y and the four heads are all at full resolution, so every target is the unscaled segmentation
+        return [[1.0] * len(self.configuration_manager.patch_size)] * (NUM_HEADS + 1) \
+            if self.enable_deep_supervision else None
+
+    def _build_loss(self):
+        loss = DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False,
+                               "ddp": self.is_ddp}, {}, weight_ce=0.3, weight_dice=0.7,
+                              ignore_label=self.label_manager.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+        if self._do_i_compile():
+            loss.dc = torch.compile(loss.dc)
+        if not self.enable_deep_supervision:
+            return loss
+        # y (index 0) only feeds validation; every parameter still gets gradients through the heads (DDP-safe)
+        return DeepSupervisionWrapper(loss, [0.0] + [1.0] * NUM_HEADS)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        unwrap_network(self.network).deep_supervision = enabled
