@@ -1,7 +1,7 @@
 """DANIE: configuration in, logits out (paper Fig. 3). Independent of nnU-Net: torch and timm only."""
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -39,6 +39,19 @@ class DANIE(nn.Module):
         p = partition_sizes(self.img_size) if cfg.use_sap else (1, 1)
         self.input_multiple = (STRIDE * p[0], STRIDE * p[1])
 
+    @classmethod
+    def from_plans(cls, input_channels: int, num_classes: int, deep_supervision: bool = False,
+                   config: Optional[dict] = None, img_size: Sequence[int] = (), strides=None) -> "DANIE":
+        """Build from an nnU-Net plans 'architecture' block (network_class_name 'danie_nnunet.network.DANIE.from_plans').
+
+        nnU-Net's get_network_from_plans calls this with input_channels, num_classes, deep_supervision and the
+        block's arch_kwargs; `strides` only describes the encoder's downsampling to nnU-Net and is ignored.
+        """
+        if config is None or not img_size:
+            raise ValueError("a DANIE plans architecture block needs arch_kwargs 'config' and 'img_size'; "
+                             "write it with danie_nnunet.network.plans_architecture()")
+        return cls(DANIEConfig.from_dict(config), img_size, input_channels, num_classes, bool(deep_supervision))
+
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"DANIE expects a (B, {self.in_chans}, H, W) tensor, got shape {tuple(x.shape)}")
@@ -59,3 +72,11 @@ def create_danie(variant: Union[str, DANIEConfig] = "L", img_size: Sequence[int]
                  num_classes: int = 2, deep_supervision: bool = False, **overrides) -> DANIE:
     """Build DANIE-S ('S'), DANIE-L ('L'), an ablation row ('A.1' ... 'C.5') or a DANIEConfig, with overrides."""
     return DANIE(get_config(variant, **overrides), img_size, in_chans, num_classes, deep_supervision)
+
+
+def plans_architecture(cfg: DANIEConfig, img_size: Sequence[int]) -> dict:
+    """The nnU-Net plans 'architecture' block that rebuilds this network with nnU-Net's get_network_from_plans."""
+    return {"network_class_name": "danie_nnunet.network.DANIE.from_plans",
+            "arch_kwargs": {"config": cfg.to_dict(), "img_size": [int(d) for d in img_size],
+                            "strides": [[1, 1]] + [[2, 2]] * 5},  # stem stride 2, then four stages
+            "_kw_requires_import": []}

@@ -1,8 +1,12 @@
 import os
 import socket
+import sys
 
 import pytest
 import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/nnunet_helpers.py
+from nnunet_helpers import nnunet_trained  # noqa: E402
 
 # nnU-Net reads this at import time; keep its spawn pools small on the 2-core CI machines
 os.environ.setdefault("nnUNet_def_n_proc", "1")
@@ -25,3 +29,10 @@ def no_network():
     socket.socket.connect = guarded
     yield
     socket.socket.connect = real_connect
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One tiny dataset planned, preprocessed and trained through the stock CLI, shared by all test modules:
+    dict(env, paths, root, results, killed, resumed); see nnunet_helpers.nnunet_trained."""
+    return nnunet_trained(tmp_path_factory.mktemp("nnunet"))

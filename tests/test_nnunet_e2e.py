@@ -5,51 +5,19 @@ train --val --npz -> find_best_configuration; plus the trainer inside nnU-Net's 
 """
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from danie_nnunet.demo import console_script, nnunet_env
-from danie_nnunet.synthetic import LABELS, write_dataset
+from danie_nnunet.synthetic import LABELS
+from nnunet_helpers import DATASET, DATASET_NAME, TRAINER, nnunet
 
 pytestmark = pytest.mark.e2e
-DATASET = "991"
-TRAINER = "DANIETrainerTest"
-TEST_EXT = os.path.join(os.path.dirname(__file__), "nnunet_ext")
-
-
-def nnunet(args, env, expect_ok=True, **extra_env):
-    proc = subprocess.run([console_script(args[0])] + [str(a) for a in args[1:]], env={**env, **extra_env},
-                          capture_output=True, text=True, timeout=900)
-    if expect_ok and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Dataset -> plan/preprocess -> a training run killed at epoch 1 -> resumed with --c."""
-    root = tmp_path_factory.mktemp("nnunet")
-    env = nnunet_env(str(root), extra_ext=TEST_EXT)
-    env["nnUNet_def_n_proc"] = "1"
-    # in-plane 60 x 52: nnU-Net plans a patch that is not a multiple of 32, which DANIE must round up
-    paths = write_dataset(env["nnUNet_raw"], int(DATASET), "Tiny", num_train=6, num_test=2, shape=(6, 60, 52))
-    nnunet(["nnUNetv2_plan_and_preprocess", "-d", DATASET, "-c", "2d", "-np", "1", "-npfp", "1"], env)
-    train = ["nnUNetv2_train", DATASET, "2d", "0", "-tr", TRAINER, "-device", "cpu"]
-    killed = nnunet(train, env, expect_ok=False, nnUNet_n_proc_DA="0", DANIE_TEST_KILL_AT_EPOCH="1")
-    resumed = nnunet(train + ["--c"], env, nnUNet_n_proc_DA="0")
-    results = os.path.join(env["nnUNet_results"], "Dataset991_Tiny", f"{TRAINER}__nnUNetPlans__2d")
-    return dict(env=env, paths=paths, root=root, results=results, killed=killed, resumed=resumed)
-
 
 def test_planned_patch_is_rounded_up_and_saved_for_inference(trained):
-    planned = json.load(open(os.path.join(trained["env"]["nnUNet_preprocessed"], "Dataset991_Tiny",
-                                          "nnUNetPlans.json")))["configurations"]["2d"]["patch_size"]
+    planned = json.load(open(os.path.join(trained["preprocessed"], "nnUNetPlans.json")))["configurations"]["2d"]["patch_size"]
     saved = json.load(open(os.path.join(trained["results"], "plans.json")))["configurations"]["2d"]["patch_size"]
     assert any(p % 32 for p in planned)
     assert saved == [-(-p // 32) * 32 for p in planned]
@@ -98,7 +66,7 @@ def test_validation_exports_npz_and_best_configuration(trained):
     validation = os.path.join(trained["results"], "fold_0", "validation")
     assert any(f.endswith(".npz") for f in os.listdir(validation))
     nnunet(["nnUNetv2_find_best_configuration", DATASET, "-c", "2d", "-tr", TRAINER, "-f", "0", "-np", "1"], env)
-    instructions = open(os.path.join(env["nnUNet_results"], "Dataset991_Tiny", "inference_instructions.txt")).read()
+    instructions = open(os.path.join(env["nnUNet_results"], DATASET_NAME, "inference_instructions.txt")).read()
     assert TRAINER in instructions and "nnUNetv2_predict" in instructions
 
 
@@ -126,7 +94,7 @@ def test_danie_l_trainer_inside_nnunet(trained, monkeypatch):
     from danie_nnunet.trainers import DANIETrainer
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(var, trained["env"][var])
-    pre = os.path.join(trained["env"]["nnUNet_preprocessed"], "Dataset991_Tiny")
+    pre = trained["preprocessed"]
     plans = load_json(os.path.join(pre, "nnUNetPlans.json"))
     plans["continue_training"] = False
     trainer = DANIETrainer(plans=plans, configuration="2d", fold=1, dataset_json=load_json(
@@ -150,3 +118,18 @@ def test_danie_l_trainer_inside_nnunet(trained, monkeypatch):
     trainer.set_deep_supervision_enabled(False)
     with torch.no_grad():
         assert trainer.network(batch["data"]).shape == (2, 6, *patch)
+
+
+def test_saved_plans_rebuild_the_network_without_a_danie_trainer(trained):
+    """The results plans.json names DANIE and its whole configuration: nnU-Net's generic builder rebuilds it."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    configuration = PlansManager(os.path.join(trained["results"], "plans.json")).get_configuration("2d")
+    assert configuration.network_arch_class_name == "danie_nnunet.network.DANIE.from_plans"
+    assert configuration.network_arch_init_kwargs["config"]["name"] == "S"
+    net = get_network_from_plans(configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+                                 configuration.network_arch_init_kwargs_req_import, 1, 6, deep_supervision=False)
+    checkpoint = torch.load(os.path.join(trained["results"], "fold_0", "checkpoint_final.pth"), map_location="cpu",
+                            weights_only=False)
+    net.load_state_dict(checkpoint["network_weights"])  # strict

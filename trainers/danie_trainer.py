@@ -21,7 +21,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch._dynamo import OptimizedModule
 
-from danie_nnunet.network import DANIE, create_danie
+from danie_nnunet.config import DANIEConfig, get_config
+from danie_nnunet.network import DANIE, plans_architecture
 from danie_nnunet.patch_size import round_up_patch_size
 from danie_nnunet.pretrained import ENV_VAR, load_imagenet_weights
 
@@ -32,9 +33,11 @@ class DANIEConfigurationError(RuntimeError):
     """The nnU-Net configuration cannot be trained with DANIE."""
 
 
-def fit_plans_to_danie(plans: dict, configuration: str) -> str:
-    """Round the configuration's patch size up to a multiple of 32 in `plans` (in place); return a log line.
+def fit_plans_to_danie(plans: dict, configuration: str, cfg: DANIEConfig) -> str:
+    """Make the configuration in `plans` (in place) describe the DANIE network trained on it; return a log line.
 
+    The patch size is rounded up to a multiple of 32 and the 'architecture' block names DANIE with its whole
+    configuration, so the plans.json that training saves rebuilds this network, also without a DANIE trainer.
     Raises DANIEConfigurationError for configurations that are not 2D.
     """
     if configuration not in plans.get("configurations", {}):
@@ -47,10 +50,11 @@ def fit_plans_to_danie(plans: dict, configuration: str) -> str:
             f"{patch_size}. Train the 2d configuration: nnUNetv2_train DATASET 2d FOLD -tr <DANIE trainer>")
     rounded = list(round_up_patch_size(patch_size))
     plans["configurations"][configuration]["patch_size"] = rounded
+    plans["configurations"][configuration]["architecture"] = plans_architecture(cfg, rounded)
     if rounded == patch_size:
-        return f"DANIE: patch size {patch_size} (a multiple of 32) used as planned"
-    return (f"DANIE: patch size {patch_size} of configuration {configuration!r} rounded up to {rounded} "
-            f"(DANIE needs multiples of 32; nnU-Net pads smaller images)")
+        return f"DANIE-{cfg.name}: patch size {patch_size} (a multiple of 32) used as planned"
+    return (f"DANIE-{cfg.name}: patch size {patch_size} of configuration {configuration!r} rounded up to "
+            f"{rounded} (DANIE needs multiples of 32; nnU-Net pads smaller images)")
 
 
 def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
@@ -73,7 +77,7 @@ class DANIETrainer(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        patch_note = fit_plans_to_danie(plans, configuration)  # before super(): the saved plans must agree
+        patch_note = fit_plans_to_danie(plans, configuration, get_config(self.danie_variant))  # before super()
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = 1e-4
         self.weight_decay = 1e-4
@@ -90,8 +94,8 @@ class DANIETrainer(nnUNetTrainer):
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> DANIE:
         # A classmethod with nnU-Net 2.8's signature, so each variant only names its configuration. Called at
         # inference without a trainer instance, so it must not load weights or read anything but its arguments.
-        return create_danie(cls.danie_variant, configuration_manager.patch_size, num_input_channels,
-                            num_output_channels, enable_deep_supervision)
+        return DANIE(get_config(cls.danie_variant), configuration_manager.patch_size, num_input_channels,
+                     num_output_channels, enable_deep_supervision)
 
     def initialize(self):
         super().initialize()
