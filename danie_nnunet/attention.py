@@ -71,14 +71,18 @@ class HierarchicalAttention(nn.Module):
         self.spatial_max = SpatialAttentionConv("max", sa_kernel) if spatial else None
         self.spatial_avg = SpatialAttentionConv("avg", sa_kernel) if spatial else None
         self.calibration = DynamicCalibrationGate(channels, dcal_gate) if dcal else None
+        # parameter-free hook points on the outputs of local channel attention (m = A^c ⊙ h) and local spatial
+        # attention (O = A^s ⊙ m), passed once per pooling branch; Grad-CAM (`danie_nnunet.cam`) hooks them
+        self.channel_out = nn.Identity()
+        self.spatial_out = nn.Identity()
 
     def _branch(self, h: torch.Tensor, pool: str) -> torch.Tensor:
         x = h
         for step in self.steps:
             if step == "channel":
-                x = self.channel_att(x, pool) * x  # Eq. 2: m = A^c ⊙ h
+                x = self.channel_out(self.channel_att(x, pool) * x)  # Eq. 2: m = A^c ⊙ h
             else:
-                x = (self.spatial_max if pool == "max" else self.spatial_avg)(x) * x  # Eq. 3: O = A^s ⊙ m
+                x = self.spatial_out((self.spatial_max if pool == "max" else self.spatial_avg)(x) * x)  # Eq. 3
         return x
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import List, Optional
+
+
+# modules that add their own subcommands with register(subparsers)
+COMMAND_MODULES = ("danie_nnunet.convert", "danie_nnunet.evaluation", "danie_nnunet.checks", "danie_nnunet.cam",
+                   "danie_nnunet.compare", "danie_nnunet.export", "danie_nnunet.ablation_table", "danie_nnunet.bench")
 
 
 def _size(text: str):
@@ -62,6 +68,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from danie_nnunet.plans.danie_plans import PlanRequest, PlansError, add_danie_configurations
+    requests = [PlanRequest(p, args.variant, args.gpu_memory, args.batch_size) for p in args.protocol]
+    try:
+        report = add_danie_configurations(args.dataset, requests, args.plans, args.dry_run)
+    except PlansError as e:
+        print(f"danie-nnunet plan: error: {e}", file=sys.stderr)
+        return 2
+    for notes in report.values():
+        print("\n  ".join(notes))
+    if args.dry_run:
+        print("(dry run: the plans file was not changed)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="danie-nnunet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,11 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=(224, 224))
     p.set_defaults(func=cmd_check_weights)
 
+    p = sub.add_parser("plan", help="add DANIE configurations (native, paper224, paper256) to nnU-Net plans")
+    p.add_argument("dataset", help="dataset id or name (already planned with nnUNetv2_plan_and_preprocess -c 2d)")
+    p.add_argument("--protocol", nargs="+", default=["native"], choices=["native", "paper224", "paper256"],
+                   help="native: nnU-Net's 2d spacing, patch rounded to x32; paper224/256: median slice -> 224/256 px")
+    p.add_argument("--variant", default="L", choices=["S", "L"], help="the DANIE the batch size is sized for")
+    p.add_argument("--gpu-memory", type=float, default=24.0, help="GiB of the training GPU (default 24)")
+    p.add_argument("--batch-size", type=int, default=None, help="fixed batch size (e.g. the paper's 24 on "
+                   "Synapse, 12 on ACDC) instead of the memory estimate")
+    p.add_argument("--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("--dry-run", action="store_true", help="explain what would change, write nothing")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("demo", help="synthetic CT -> nnU-Net plan/preprocess -> DANIE train -> predict -> metrics")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--trainer", default=None, help="default: a few-minute run on CPU, 50 epochs on a GPU")
     p.set_defaults(func=cmd_demo)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -15,6 +15,7 @@ DCAL_GATES = ("full", "channel", "spatial")
 HAP_EMBEDS = ("fullres", "light")
 INPUT_ADAPTERS = ("conv", "timm")
 JP_UPSAMPLES = ("nearest", "bilinear")
+HEAD_UPSAMPLES = ("matmul", "interpolate")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class DANIEConfig:
     deepest_self_concat: bool = False  # A20
     jp_upsample: Literal["nearest", "bilinear"] = "nearest"  # A21
     head_weights: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # Eq. 12 alphas, fine to coarse
+    # implementation only, same function: the heads' bilinear upsampling as two matmuls or F.interpolate
+    head_upsample: Literal["matmul", "interpolate"] = "matmul"
 
     def __post_init__(self):
         def check(ok: bool, msg: str):
@@ -60,7 +63,8 @@ class DANIEConfig:
 
         for name, allowed in (("stream_fusion", STREAM_FUSIONS), ("jp_merge", JP_MERGES),
                               ("ha_order", HA_ORDERS), ("dcal_gate", DCAL_GATES), ("hap_embed", HAP_EMBEDS),
-                              ("input_adapter", INPUT_ADAPTERS), ("jp_upsample", JP_UPSAMPLES)):
+                              ("input_adapter", INPUT_ADAPTERS), ("jp_upsample", JP_UPSAMPLES),
+                              ("head_upsample", HEAD_UPSAMPLES)):
             check(getattr(self, name) in allowed, f"{name}={getattr(self, name)!r}, expected one of {allowed}")
         check(len(self.dims) == 4 and all(d > 0 for d in self.dims), f"dims must be 4 positive ints, got {self.dims}")
         check(len(self.hap_depths) == 4 and all(d >= 1 for d in self.hap_depths),
@@ -102,10 +106,12 @@ ABLATION_SWITCHES = {
     "A.3": dict(_C2_ADD, ha_spatial=False),  # w/o spatial attention
     "A.4": dict(_C2_ADD, ha_channel=False),  # w/o channel attention
     "A.5": dict(_C2_ADD),  # DAE with add fusion (= C.2)
-    "B.1": dict(ha_order="spatial_first", dcal=False),
-    "B.2": dict(ha_order="spatial_first", dcal=True),
-    "B.3": dict(ha_order="channel_first", dcal=False),
-    "B.4": dict(),  # channel first + Dcal = default
+    # Table 6 ran on Table 5's add-fusion setting (the paper's B.4 Dice, 82.97, is A.5's and C.2's): spec §4
+    # put the B rows on the full model, which that number contradicts
+    "B.1": dict(_C2_ADD, ha_order="spatial_first", dcal=False),
+    "B.2": dict(_C2_ADD, ha_order="spatial_first", dcal=True),
+    "B.3": dict(_C2_ADD, ha_order="channel_first", dcal=False),
+    "B.4": dict(_C2_ADD),  # channel first + Dcal = A.5 = C.2
     "C.1": dict(use_es=False, use_eh=False, stream_fusion="concat", jp_merge="concat", jp_residual=True),
     "C.2": dict(_C2_ADD),
     "C.3": dict(use_es=False),  # EH + Add

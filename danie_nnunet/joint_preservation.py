@@ -72,17 +72,50 @@ class JointPreservation(nn.Module):
         return j
 
 
-class PredictionHeads(nn.Module):
-    """p_k = Up(Conv1x1(j_k)) to the input size, bilinear (A22); y = sum_k alpha_k p_k (Eq. 12)."""
+def bilinear_matrix(n_in: int, n_out: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n_out, n_in) matrix M with M @ v == F.interpolate(v, n_out, mode='linear', align_corners=False)."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = src - lo
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    m.index_put_((rows, lo), 1 - frac, accumulate=True)
+    m.index_put_((rows, hi), frac, accumulate=True)
+    return m.to(dtype)
 
-    def __init__(self, dims: Sequence[int], num_classes: int, weights: Sequence[float]):
+
+class PredictionHeads(nn.Module):
+    """p_k = Up(Conv1x1(j_k)) to the input size, bilinear (A22); y = sum_k alpha_k p_k (Eq. 12).
+
+    Bilinear upsampling is separable, so for the sizes the network was built for it runs as two matmuls with
+    fixed interpolation matrices, Up(l) = M_h @ l @ M_w^T: the same function as F.interpolate (equal to float64
+    precision), whose backward on GPUs is an atomics-bound scatter while this one is two GEMMs (issue 4).
+    Other input sizes fall back to F.interpolate. The matrices are not part of the state dict.
+    """
+
+    def __init__(self, dims: Sequence[int], num_classes: int, weights: Sequence[float],
+                 img_size: Optional[Sequence[int]] = None, upsample: str = "matmul"):
         super().__init__()
         self.heads = nn.ModuleList(nn.Conv2d(d, num_classes, 1, bias=True) for d in dims)
         self.weights = tuple(float(w) for w in weights)
+        self.sizes = []
+        if upsample == "matmul" and img_size is not None:
+            for k in range(len(dims)):
+                stride = 2 ** (k + 2)
+                small = (img_size[0] // stride, img_size[1] // stride)
+                self.register_buffer(f"up_h{k}", bilinear_matrix(small[0], img_size[0]), persistent=False)
+                self.register_buffer(f"up_w{k}", bilinear_matrix(small[1], img_size[1]).T.contiguous(),
+                                     persistent=False)
+                self.sizes.append((small, tuple(img_size)))
+
+    def _upsample(self, k: int, logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        if k < len(self.sizes) and self.sizes[k] == (tuple(logits.shape[-2:]), tuple(size)):
+            return getattr(self, f"up_h{k}") @ logits @ getattr(self, f"up_w{k}")
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def forward(self, j: Sequence[torch.Tensor], size: Sequence[int]) -> List[torch.Tensor]:
         """Returns [y, p_1, p_2, p_3, p_4], all at `size`."""
-        p = [F.interpolate(head(jk), size=size, mode="bilinear", align_corners=False)
-             for head, jk in zip(self.heads, j)]
+        p = [self._upsample(k, head(jk), size) for k, (head, jk) in enumerate(zip(self.heads, j))]
         y = sum(w * pk for w, pk in zip(self.weights, p))
         return [y, *p]

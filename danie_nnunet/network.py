@@ -12,6 +12,22 @@ from .joint_preservation import JointPreservation, PredictionHeads
 from .layers import InputAdapter
 from .patch_size import STRIDE, check_patch_size, partition_sizes
 
+_WIDTH_NAMES = {512: " (DANIE-S)", 768: " (DANIE-L)"}  # C_4 of the presets
+# (what, state dict keys (first present wins), axis, value -> text): facts a DANIE checkpoint records in its shapes
+_CHECKPOINT_FACTS = (
+    ("classes", ("heads.heads.0.weight",), 0, str),
+    # the 1x1 input adapter if there is one (in_chans != 3), else the first conv of a stream
+    ("input channels", ("input_adapter.0.weight", "sap.stem.conv1.weight", "hap.embed.0.0.weight"), 1, str),
+    ("stage-4 width", ("heads.heads.3.weight",), 1, lambda c: f"{c}{_WIDTH_NAMES.get(c, '')}"),
+    # relative-position table of (2p-1)^2 entries: p is the MaxViT partition size, set by the patch size
+    ("MaxViT partition size (set by the patch size)",
+     ("sap.stages_0.blocks.0.attn_block.attn.rel_pos.relative_position_bias_table",), 1, lambda n: str((n + 1) // 2)),
+)
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A state dict of another DANIE (variant, ablation row, class count, input channels or patch size)."""
+
 
 class DANIE(nn.Module):
     """Dual Attention Encoder with Joint Preservation.
@@ -35,7 +51,7 @@ class DANIE(nn.Module):
         self.sap = create_sap_stream(cfg, self.img_size, stream_chans) if cfg.use_sap else None
         self.hap = HierarchicalAttentionalPerception(cfg, stream_chans) if cfg.use_hap else None
         self.joint_preservation = JointPreservation(cfg)
-        self.heads = PredictionHeads(cfg.dims, num_classes, cfg.head_weights)
+        self.heads = PredictionHeads(cfg.dims, num_classes, cfg.head_weights, self.img_size, cfg.head_upsample)
         p = partition_sizes(self.img_size) if cfg.use_sap else (1, 1)
         self.input_multiple = (STRIDE * p[0], STRIDE * p[1])
 
@@ -51,6 +67,46 @@ class DANIE(nn.Module):
             raise ValueError("a DANIE plans architecture block needs arch_kwargs 'config' and 'img_size'; "
                              "write it with danie_nnunet.network.plans_architecture()")
         return cls(DANIEConfig.from_dict(config), img_size, input_channels, num_classes, bool(deep_supervision))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's load_state_dict; with strict=True a checkpoint of another DANIE is refused with a message
+        saying what differs (instead of torch's list of hundreds of size mismatches)."""
+        if strict:
+            mismatch = self._describe_mismatch(state_dict)
+            if mismatch:
+                raise CheckpointMismatchError(mismatch)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _describe_mismatch(self, state_dict) -> str:
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+        if not (missing or unexpected or wrong):
+            return ""
+        differences = []
+        for what, keys, axis, text in _CHECKPOINT_FACTS:
+            key_own = next((k for k in keys if k in own), None)
+            key_theirs = next((k for k in keys if k in state_dict and state_dict[k].ndim > axis), None)
+            if key_own and key_theirs:
+                theirs, ours = int(state_dict[key_theirs].shape[axis]), int(own[key_own].shape[axis])
+                if theirs != ours:
+                    differences.append(f"{what}: checkpoint {text(theirs)}, this network {text(ours)}")
+        streams = {s for s in ("sap", "hap") if any(k.startswith(s + ".") for k in state_dict)}
+        own_streams = {s for s in ("sap", "hap") if getattr(self.cfg, "use_" + s)}
+        if streams != own_streams:
+            differences.append(f"streams: checkpoint {sorted(streams) or 'none'}, this network {sorted(own_streams)}")
+        if (missing or unexpected) and not differences:
+            differences.append(f"{len(missing)} tensors missing, {len(unexpected)} unexpected (e.g. "
+                               f"{(missing + unexpected)[0]}): another ablation configuration or not a DANIE "
+                               f"checkpoint")
+        elif not differences:
+            differences.append(f"{len(wrong)} tensors of another shape, e.g. {wrong[0]}: "
+                               f"{tuple(state_dict[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}")
+        return (f"the checkpoint does not fit this network (DANIE-{self.cfg.name}, patch {list(self.img_size)}, "
+                f"{self.in_chans} input channel(s), {self.num_classes} classes): " + "; ".join(differences)
+                + ". Use the checkpoint with the plans.json/dataset.json of the model folder it was trained in "
+                  "(nnUNet_results/DatasetXXX/TRAINER__PLANS__2d), or train this configuration.")
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans:

@@ -36,9 +36,9 @@ def test_switches_change_the_network_in_the_expected_direction():
     # C.1 concatenates the streams: 2*9*C_k^2 more weights on the first JP conv of levels 1-3, 9*C_4^2 at level 4
     dims = full.cfg.dims
     assert n_params(c1) - n_params(c2) == sum(18 * d * d for d in dims[:3]) + 9 * dims[3] ** 2
-    # no Dcal removes the C x C gate convs and the two scalars
+    # no Dcal removes the C x C gate convs and the two scalars (Table 6 rows are on C.2's add fusion)
     b3 = create_danie("B.3", **size)
-    assert n_params(full) - n_params(b3) == sum(d * d + d + 2 for d in dims)
+    assert n_params(c2) - n_params(b3) == sum(d * d + d + 2 for d in dims)
     # ES is parameter-free apart from gamma; EH adds the GC blocks
     c3, c4 = create_danie("C.3", **size), create_danie("C.4", **size)
     assert n_params(full) - n_params(c3) == 4

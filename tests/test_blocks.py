@@ -84,3 +84,34 @@ def test_prediction_heads_sum_to_y():
     y, *p = heads(j, (64, 64))
     assert all(t.shape == (1, 3, 64, 64) for t in [y, *p])
     torch.testing.assert_close(y, sum(p))
+
+
+@pytest.mark.parametrize("small, size", [((16, 16), (512, 512)), ((7, 7), (224, 224)), ((8, 7), (256, 224)),
+                                         ((3, 5), (17, 9))])
+def test_bilinear_matrix_is_exactly_interpolate(small, size):
+    from danie_nnunet.joint_preservation import bilinear_matrix
+    x = torch.randn(2, 3, *small, dtype=torch.float64)
+    mh, mw = (bilinear_matrix(n, m, torch.float64) for n, m in zip(small, size))
+    reference = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(mh @ x @ mw.T, reference, atol=1e-12, rtol=0)
+
+
+def test_matmul_heads_equal_interpolate_heads_values_and_gradients():
+    dims, size = (8, 16, 32, 64), (64, 96)
+    fast = PredictionHeads(dims, 3, (1.0,) * 4, size, "matmul").double()
+    plain = PredictionHeads(dims, 3, (1.0,) * 4, size, "interpolate").double()
+    plain.load_state_dict(fast.state_dict())  # same keys: the matrices are not saved
+    assert set(fast.state_dict()) == set(plain.state_dict())
+    j = [torch.randn(2, c, size[0] // 2 ** (k + 2), size[1] // 2 ** (k + 2), dtype=torch.float64,
+                     requires_grad=True) for k, c in enumerate(dims)]
+    out_fast, out_plain = fast(j, size), plain(j, size)
+    for a, b in zip(out_fast, out_plain):  # float64: the same function up to rounding
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    grads = [torch.autograd.grad(sum(o.square().sum() for o in out), j) for out in (out_fast, out_plain)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-10)
+    bigger = [torch.randn(1, c, 2 * t.shape[2], 2 * t.shape[3], dtype=torch.float64) for c, t in zip(dims, j)]
+    torch.testing.assert_close(fast(bigger, (128, 192))[0], plain(bigger, (128, 192))[0])  # falls back
+    fast32, j32 = fast.float(), [t.detach().float() for t in j]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # within bf16 tolerance under autocast
+        torch.testing.assert_close(fast32(j32, size)[0].float(), out_plain[0].detach().float(), atol=0.1, rtol=0.02)

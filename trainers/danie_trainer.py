@@ -9,6 +9,9 @@ Changes against nnUNetTrainer, nothing else:
 - AdamW, lr 1e-4, weight decay 1e-4, constant learning rate (CASCADE/MERIT lineage);
 - on CUDA, autocast runs in bf16 where the card supports it (no GradScaler needed), else nnU-Net's fp16;
 - ImageNet MaxViT weights are loaded from $DANIE_PRETRAINED when training starts (never at inference).
+Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
+are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
+ones stop the run (nonfinite_guard.py).
 """
 from __future__ import annotations
 
@@ -18,13 +21,19 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from torch import autocast
 from torch._dynamo import OptimizedModule
 
+from danie_nnunet.checks import DatasetError, check_dataset_json
 from danie_nnunet.config import DANIEConfig, get_config
 from danie_nnunet.network import DANIE, plans_architecture
 from danie_nnunet.patch_size import round_up_patch_size
 from danie_nnunet.pretrained import ENV_VAR, load_imagenet_weights
+
+from .atomic_checkpoint import remove_partial_writes, write_atomically
+from .nonfinite_guard import NonFiniteLossError, NonFiniteStepGuard
 
 NUM_HEADS = 4
 
@@ -48,6 +57,11 @@ def fit_plans_to_danie(plans: dict, configuration: str, cfg: DANIEConfig) -> str
         raise DANIEConfigurationError(
             f"DANIE is a 2D network, but configuration {configuration!r} has the {len(patch_size)}D patch size "
             f"{patch_size}. Train the 2d configuration: nnUNetv2_train DATASET 2d FOLD -tr <DANIE trainer>")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in patch_size):
+        raise DANIEConfigurationError(
+            f"configuration {configuration!r} has the patch size {patch_size}, which no network can take (each axis "
+            f"must be a positive integer): the plans file is damaged or was edited by hand. Run "
+            f"nnUNetv2_plan_and_preprocess again or fix 'patch_size' in the plans")
     rounded = list(round_up_patch_size(patch_size))
     plans["configurations"][configuration]["patch_size"] = rounded
     plans["configurations"][configuration]["architecture"] = plans_architecture(cfg, rounded)
@@ -74,11 +88,19 @@ class DANIETrainer(nnUNetTrainer):
     epochs = 1000
     iterations_per_epoch = 250
     val_iterations_per_epoch = 50
+    # this many training steps in a row with a NaN/Inf loss or gradient stop the run (each one is skipped)
+    max_consecutive_nonfinite_steps = 10
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        try:  # before super(): nnU-Net answers a dataset.json without labels with a KeyError
+            check_dataset_json(dataset_json)
+        except DatasetError as e:
+            raise DANIEConfigurationError(f"{e}\nFix dataset.json in nnUNet_raw and run "
+                                          f"nnUNetv2_plan_and_preprocess again.") from None
         patch_note = fit_plans_to_danie(plans, configuration, get_config(self.danie_variant))  # before super()
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.nonfinite_guard = NonFiniteStepGuard(self.max_consecutive_nonfinite_steps)
         self.initial_lr = 1e-4
         self.weight_decay = 1e-4
         self.num_epochs = self.epochs
@@ -112,6 +134,38 @@ class DANIETrainer(nnUNetTrainer):
                                    f"(see `danie-nnunet download-weights`).", also_print_to_console=True)
         else:
             self.print_to_log_file(f"DANIE: {report}", also_print_to_console=True)
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.local_rank == 0:
+            for path in remove_partial_writes(self.output_folder):
+                self.print_to_log_file(f"DANIE: removed {path}, a checkpoint write interrupted by a killed run")
+
+    def save_checkpoint(self, filename: str) -> None:
+        # nnU-Net's checkpoint, written to a temporary file and renamed: never a truncated checkpoint_latest.pth
+        write_atomically(super().save_checkpoint, filename)
+
+    def train_step(self, batch: dict) -> dict:
+        # nnU-Net's train_step (autocast on CUDA, GradScaler if fp16, clipping at 12) with the NaN/Inf guard
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+            loss = self.loss(output, target)
+        try:
+            stepped = self.nonfinite_guard.backward_and_step(loss, self.network.parameters(), self.optimizer,
+                                                             self.grad_scaler, ddp=self.is_ddp)
+        except NonFiniteLossError as stop:
+            self.print_to_log_file(str(stop), also_print_to_console=False)  # the console gets the traceback
+            raise
+        if not stepped:
+            self.print_to_log_file(f"DANIE: training step skipped, {self.nonfinite_guard.last_reason} "
+                                   f"({self.nonfinite_guard.consecutive} in a row; the run stops at "
+                                   f"{self.nonfinite_guard.patience})", also_print_to_console=True)
+        return {"loss": loss.detach().cpu().numpy()}
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)

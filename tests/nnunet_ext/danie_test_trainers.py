@@ -25,3 +25,11 @@ class DANIETrainerTest(DANIETrainer_S):
         if os.environ.get("DANIE_TEST_KILL_AT_EPOCH") == str(self.current_epoch):
             os._exit(137)
         super().on_train_epoch_start()
+
+
+class DANIETrainerTestOneIteration(DANIETrainerTest):
+    """One epoch of one iteration: checks that a configuration trains and predicts, cheaply."""
+
+    epochs = 1
+    iterations_per_epoch = 1
+    val_iterations_per_epoch = 1

@@ -1,0 +1,105 @@
+"""plans/: DANIE configurations added to nnU-Net plans by inheritance, then used by the stock commands."""
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from danie_nnunet.plans.danie_plans import (MARKER, PlanRequest, PlansError, add_danie_configurations,
+                                            danie_configuration)
+from nnunet_helpers import DATASET, nnunet
+
+SYNAPSE_LIKE_JSON = {"channel_names": {"0": "CT"}, "labels": {f"c{i}": i for i in range(9)}, "numTraining": 18}
+
+
+def synapse_like_plans():
+    """The parts of nnU-Net's plans for Synapse at native resolution that the DANIE configurations use."""
+    return {"plans_name": "nnUNetPlans", "original_median_shape_after_transp": [148, 512, 512],
+            "configurations": {"2d": {"data_identifier": "nnUNetPlans_2d", "batch_size": 12,
+                                      "patch_size": [512, 512], "spacing": [0.76, 0.76],
+                                      "median_image_size_in_voxels": [512.0, 512.0],
+                                      "architecture": {"network_class_name": "dynamic_network_architectures."
+                                                       "architectures.unet.PlainConvUNet", "arch_kwargs": {},
+                                                       "_kw_requires_import": []}}}}
+
+
+def test_paper_protocol_maps_the_median_slice_to_224_pixels():
+    name, cfg, notes = danie_configuration(synapse_like_plans(), SYNAPSE_LIKE_JSON, PlanRequest("paper224"))
+    assert name == "2d_danie_p224" and cfg["inherits_from"] == "2d"
+    assert cfg["patch_size"] == [224, 224] and cfg["median_image_size_in_voxels"] == pytest.approx([224, 224])
+    assert cfg["spacing"] == pytest.approx([0.76 * 512 / 224] * 2)
+    assert cfg["data_identifier"] == "nnUNetPlans_2d_danie_p224"  # other spacing: its own preprocessed data
+    arch = cfg["architecture"]
+    assert arch["network_class_name"] == "danie_nnunet.network.DANIE.from_plans"
+    assert arch["arch_kwargs"]["img_size"] == [224, 224] and arch["arch_kwargs"]["config"]["name"] == "L"
+    assert cfg[MARKER]["protocol"] == "paper224"
+
+
+def test_native_protocol_keeps_nnunet_data_and_rounds_the_patch():
+    plans = synapse_like_plans()
+    plans["configurations"]["2d"]["patch_size"] = [512, 450]
+    _, cfg, _ = danie_configuration(plans, SYNAPSE_LIKE_JSON, PlanRequest("native"))
+    assert cfg["patch_size"] == [512, 480] and cfg["spacing"] == [0.76, 0.76]
+    assert cfg["data_identifier"] == "nnUNetPlans_2d"
+
+
+def test_batch_size_follows_danie_memory_not_the_unet():
+    plans = synapse_like_plans()
+    small = danie_configuration(plans, SYNAPSE_LIKE_JSON, PlanRequest("native", "L", gpu_memory_gib=24))[1]
+    large = danie_configuration(plans, SYNAPSE_LIKE_JSON, PlanRequest("native", "L", gpu_memory_gib=80))[1]
+    s_model = danie_configuration(plans, SYNAPSE_LIKE_JSON, PlanRequest("native", "S", gpu_memory_gib=24))[1]
+    assert 2 <= small["batch_size"] < s_model["batch_size"] and small["batch_size"] < large["batch_size"]
+    assert small["batch_size"] < 12  # nnU-Net's U-Net plan would put 12 slices of 512^2 on 8 GB
+    fixed = danie_configuration(plans, SYNAPSE_LIKE_JSON, PlanRequest("paper224", batch_size=24))[1]
+    assert fixed["batch_size"] == 24
+    with pytest.raises(PlansError, match="does not fit"):
+        danie_configuration(plans, SYNAPSE_LIKE_JSON, PlanRequest("native", "L", gpu_memory_gib=2))
+
+
+def test_refuses_foreign_configurations_and_is_idempotent(tmp_path, monkeypatch):
+    folder = tmp_path / "Dataset500_Plans"
+    folder.mkdir()
+    (folder / "dataset.json").write_text(json.dumps(SYNAPSE_LIKE_JSON))
+    plans = synapse_like_plans()
+    (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))
+    report = add_danie_configurations("Dataset500_Plans", [PlanRequest("paper224")])
+    assert report["2d_danie_p224"][0].startswith("added")
+    written = (folder / "nnUNetPlans.json").read_bytes()
+    assert (folder / "nnUNetPlans.json.before_danie").read_text() == json.dumps(plans)
+    report = add_danie_configurations("Dataset500_Plans", [PlanRequest("paper224")])
+    assert "already up to date" in report["2d_danie_p224"][0]
+    assert (folder / "nnUNetPlans.json").read_bytes() == written
+    changed = add_danie_configurations("Dataset500_Plans", [PlanRequest("paper224", batch_size=8)])
+    assert changed["2d_danie_p224"][0].startswith("updated")
+    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    plans["configurations"]["2d_danie_p256"] = {"inherits_from": "2d", "patch_size": [256, 256]}
+    (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
+    with pytest.raises(PlansError, match="did not write"):
+        add_danie_configurations("Dataset500_Plans", [PlanRequest("paper256")])
+    assert json.loads((folder / "nnUNetPlans.json").read_text()) == plans
+
+
+@pytest.mark.e2e
+def test_each_protocol_preprocesses_trains_and_predicts_with_the_stock_commands(trained):
+    env, paths, root = trained["env"], trained["paths"], trained["root"]
+    out = nnunet(["danie-nnunet", "plan", DATASET, "--protocol", "native", "paper224", "paper256"], env).stdout
+    assert "added 2d_danie_native" in out and "added 2d_danie_p224" in out and "added 2d_danie_p256" in out
+    configurations = ["2d_danie_native", "2d_danie_p224", "2d_danie_p256"]
+    nnunet(["nnUNetv2_preprocess", "-d", DATASET, "-c", *configurations, "-np", "1", "1", "1"], env)
+    for configuration in configurations:
+        nnunet(["nnUNetv2_train", DATASET, configuration, "0", "-tr", "DANIETrainerTestOneIteration",
+                "-device", "cpu"], env, nnUNet_n_proc_DA="0")
+        pred = str(root / f"pred_{configuration}")
+        nnunet(["nnUNetv2_predict", "-i", paths["imagesTs"], "-o", pred, "-d", DATASET, "-c", configuration,
+                "-tr", "DANIETrainerTestOneIteration", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+        for case in sorted(os.listdir(paths["imagesTs"])):
+            image = sitk.ReadImage(os.path.join(paths["imagesTs"], case))
+            seg = sitk.ReadImage(os.path.join(pred, case.replace("_0000", "")))
+            assert seg.GetSize() == image.GetSize() and seg.GetSpacing() == image.GetSpacing()
+            assert seg.GetOrigin() == image.GetOrigin() and seg.GetDirection() == image.GetDirection()
+            assert np.isin(sitk.GetArrayFromImage(seg), range(6)).all()
+    preprocessed = os.path.join(trained["preprocessed"], "nnUNetPlans_2d_danie_p224")
+    assert os.path.isdir(preprocessed) and os.listdir(preprocessed)
