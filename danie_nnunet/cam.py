@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .export import TrainedModelError, load_trained_fold, read_image
+from .trained_model import TrainedModelError, load_trained_fold, read_image
 from .visualize import window
 
 TAPS = {  # name -> description, in the order of the figure

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .export import read_image
+from .trained_model import read_image
 from .visualize import PALETTE, colorize, window
 
 PANEL_PX, HEADER_PX, LEFT_PX, LEGEND_PX, DPI = 200, 28, 26, 40, 100

@@ -27,7 +27,7 @@ class ModelCost:
     params_by_part: Dict[str, int]
 
     def table(self) -> str:
-        rows = [f"| part | params (M) | GMACs |", "|---|---|---|"]
+        rows = ["| part | params (M) | GMACs |", "|---|---|---|"]
         for part in self.params_by_part:
             rows.append(f"| {part} | {self.params_by_part[part] / 1e6:.2f} | {self.gmacs_by_part.get(part, 0.0):.2f} |")
         rows.append(f"| **total** | **{self.params / 1e6:.2f}** | **{self.gmacs:.2f}** |")

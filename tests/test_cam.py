@@ -10,7 +10,7 @@ from PIL import Image
 
 from danie_nnunet import create_danie
 from danie_nnunet.cam import TAPS, figure_size, grad_cam, register
-from danie_nnunet.export import TrainedModelError
+from danie_nnunet.trained_model import TrainedModelError
 
 
 def test_grad_cam_maps_at_every_attention_output():

@@ -12,9 +12,9 @@ import SimpleITK as sitk
 import torch
 
 from danie_nnunet import create_danie
-from danie_nnunet.export import (Preprocessing, TrainedFold, TrainedModelError, export_fold, load_sidecar,
-                                 load_trained_fold, onnx_runner, read_image, register, segment_volume, torch_runner,
-                                 torchscript_runner)
+from danie_nnunet.export import export_fold, load_sidecar, onnx_runner, register, torchscript_runner
+from danie_nnunet.trained_model import (Preprocessing, TrainedFold, TrainedModelError, load_trained_fold, read_image,
+                                        segment_volume, torch_runner)
 
 pytestmark = pytest.mark.e2e
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "export.md")
