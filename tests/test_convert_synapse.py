@@ -136,6 +136,9 @@ def test_broken_download_reports_every_problem_and_writes_nothing(tmp_path):
     bad = np.zeros((3, 16, 16), np.uint8)
     bad[1, 5, 5] = 14
     write_volume(bad, os.path.join(training, "label", "label0005.nii.gz"))  # a label value BTCV does not have
+    truncated = os.path.join(training, "img", "img0006.nii.gz")  # a download that broke off
+    data = open(truncated, "rb").read()
+    open(truncated, "wb").write(data[: len(data) // 2])
     out = str(tmp_path / "raw")
     with pytest.raises(ConversionError) as info:
         convert_synapse([raw], out, split="cv5")
@@ -143,7 +146,10 @@ def test_broken_download_reports_every_problem_and_writes_nothing(tmp_path):
     assert "img0002.nii.gz: has no label file label0002.nii.gz" in message
     assert "shape mismatch between image (16, 16, 3) and label (12, 16, 3)" in message
     assert "spacing mismatch" in message and "label0004.nii.gz" in message
+    assert "img0006.nii.gz: cannot be read completely" in message and "truncated" in message
     assert os.listdir(out) == []  # nothing written, no temporary folder
+    os.remove(truncated)
+    write_volume(make_case(np.random.default_rng(6), (3, 16, 16))[0], truncated)
     os.remove(os.path.join(training, "img", "img0002.nii.gz"))
     for n in (3, 4):
         os.remove(os.path.join(training, "img", f"img{n:04d}.nii.gz"))

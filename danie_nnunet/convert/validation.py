@@ -8,6 +8,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ..checks import check_image
+
 MAX_PROBLEMS_SHOWN = 50
 
 
@@ -77,6 +79,12 @@ def check_volume_pair(image: str, label: str, problems: Problems, warnings: List
     if ok and not (np.allclose(hi.origin, hl.origin, atol=1e-3) and np.allclose(hi.direction, hl.direction,
                                                                                   atol=1e-4)):
         warnings.append(f"{name}: origin/direction differ between image and label (the label's is used)")
+    # SimpleITK reads a truncated NIfTI as zeros and NaN voxels as 0 without a word: read the voxels exactly
+    for path in (image, label):
+        for finding in check_image(path, channels=None, constant_warning=False):
+            if finding.severity == "error":
+                problems.add(os.path.basename(path), finding.message)
+                ok = False
     return hi if ok else None
 
 
