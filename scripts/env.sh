@@ -9,7 +9,8 @@ want=$(sha256sum "$REQ" | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.danie-requirements" 2>/dev/null)" != "$want" ]; then
   echo "[danie-nnunet] installing the pinned environment into $VENV (first time: a few minutes, ~6 GB)"
   "${PYTHON:-python3}" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
+  # (this machine's pip configuration names local package folders that may not exist: drop those warnings)
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ" 2> >(grep -v "is ignored: it is neither" >&2)
   echo "$want" > "$VENV/.danie-requirements"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e "$ROOT"
