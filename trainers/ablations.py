@@ -41,7 +41,8 @@ class DANIETrainer_A5_DAE_Add(DANIETrainer):
     danie_variant = "A.5"
 
 
-# Table 6: order of the attentions in hierarchical attention, with and without dynamic calibration (Eq. 4-5)
+# Table 6: order of the attentions in hierarchical attention, with and without dynamic calibration (Eq. 4-5),
+# on Table 5's add-fusion setting (B.4 = A.5 = C.2)
 class DANIETrainer_B1_SpatialChannel_noDcal(DANIETrainer):
     """B.1 Spatial + Channel, no Dcal."""
 
@@ -61,7 +62,7 @@ class DANIETrainer_B3_ChannelSpatial_noDcal(DANIETrainer):
 
 
 class DANIETrainer_B4_ChannelSpatial_Dcal(DANIETrainer):
-    """B.4 Channel + Spatial, Dcal (the paper's choice)."""
+    """B.4 Channel + Spatial, Dcal (the paper's choice; the same network as A.5 and C.2)."""
 
     danie_variant = "B.4"
 
