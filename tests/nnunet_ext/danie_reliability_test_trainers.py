@@ -4,34 +4,23 @@ import os
 import signal
 
 import torch
-
-from danie_nnunet.trainers import DANIETrainer_S
+from danie_test_trainers import DANIETrainerTest  # this folder is on sys.path while nnU-Net looks trainers up
 
 
 def _die():
     os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer or `kill -9` does: no cleanup, no atexit
 
 
-class DANIETrainerTestFaults(DANIETrainer_S):
-    """DANIE-S, 3 epochs of 2 iterations, a checkpoint every epoch, no final validation (tested elsewhere).
+class DANIETrainerTestFaults(DANIETrainerTest):
+    """DANIETrainerTest for 3 epochs (2 iterations each, a checkpoint every epoch, no mirroring), no final
+    validation (tested elsewhere).
 
     DANIE_TEST_KILL_IN_CHECKPOINT_WRITE=N: SIGKILL halfway through writing checkpoint_latest.pth after epoch N
     (half of the bytes are on disk). DANIE_TEST_KILL_IN_EPOCH=N: SIGKILL in the second training step of epoch N.
     """
 
     epochs = 3
-    iterations_per_epoch = 2
-    val_iterations_per_epoch = 1
-
-    def __init__(self, plans, configuration, fold, dataset_json, device=None):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.save_every = 1
-        self.steps_this_epoch = 0
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        rotation, dummy_2d, initial_patch, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None
-        return rotation, dummy_2d, initial_patch, None
+    steps_this_epoch = 0
 
     def on_train_epoch_start(self):
         self.steps_this_epoch = 0
