@@ -24,8 +24,8 @@ import SimpleITK as sitk
 from .layout import files_with_suffix, find_folders, one_folder
 from .splits import grouped_kfold, one_fold
 from .validation import Problems, check_volume_pair, read_label_array
-from .writer import CaseJob, ConversionPlan, ConversionResult, case_paths, dataset_json, run_conversion, \
-    write_label_volume
+from .writer import (CaseJob, ConversionPlan, ConversionResult, case_paths, dataset_json, run_split_conversion,
+                     write_label_volume)
 
 ACDC_LABELS = {"background": 0, "RV": 1, "Myo": 2, "LV": 3}
 # The lineage's lists (MT-UNet's ACDC data as used by CASCADE, MERIT, EMCAD, ...): lists_ACDC/valid.txt, test.txt
@@ -43,11 +43,8 @@ def convert_acdc(sources: Sequence[str], out: Optional[str] = None, split: str =
                  dataset_id: Optional[int] = None, name: Optional[str] = None, overwrite: bool = False,
                  num_processes: int = 1) -> ConversionResult:
     """Convert an ACDC download into nnUNet_raw (see the module docstring)."""
-    if split not in ("paper", "cv5"):
-        raise ValueError(f"--split must be paper or cv5, not {split}")
-    default_id, default_name = DEFAULT_IDS[split]
-    return run_conversion("acdc", sources, out, dataset_id or default_id, name or default_name, {"split": split},
-                          lambda roots: _prepare(roots, split), overwrite, num_processes)
+    return run_split_conversion("acdc", sources, out, split, dataset_id, name, DEFAULT_IDS, _prepare, overwrite,
+                                num_processes)
 
 
 def _is_patient_folder(folder: str) -> bool:

@@ -20,7 +20,7 @@ from .layout import files_with_suffix, find_named_folder, one_folder
 from .natural_images import RGB_CHANNELS, check_pair_sizes, write_case
 from .splits import one_fold
 from .validation import Problems, missing_partners
-from .writer import CaseJob, ConversionPlan, ConversionResult, dataset_json, run_conversion
+from .writer import CaseJob, ConversionPlan, ConversionResult, dataset_json, run_split_conversion
 
 FOLDERS = {"train": ("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth"),
            "val": ("ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth"),
@@ -75,11 +75,8 @@ def convert_isic2017(sources: Sequence[str], out: Optional[str] = None, split: s
                      dataset_id: Optional[int] = None, name: Optional[str] = None, overwrite: bool = False,
                      num_processes: int = 1) -> ConversionResult:
     """Convert the ISIC 2017 Part 1 download into nnUNet_raw (see the module docstring)."""
-    if split not in ("paper", "cv5"):
-        raise ValueError(f"--split must be paper or cv5, not {split}")
-    default_id, default_name = DEFAULT_IDS[split]
-    return run_conversion("isic2017", sources, out, dataset_id or default_id, name or default_name, {"split": split},
-                          lambda roots: _prepare(roots, split), overwrite, num_processes)
+    return run_split_conversion("isic2017", sources, out, split, dataset_id, name, DEFAULT_IDS, _prepare, overwrite,
+                                num_processes)
 
 
 def _prepare(roots: List[str], split: str) -> ConversionPlan:

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .isic2017 import lesion_images, lesion_masks, lesion_plan, paired
 from .layout import find_named_folder, one_folder
 from .validation import Problems
-from .writer import ConversionResult, run_conversion
+from .writer import ConversionResult, run_split_conversion
 
 IMAGES, MASKS = "ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"
 BCDU_SPLIT = (1815, 259, 520)  # of the 2594 training images
@@ -41,11 +41,8 @@ def convert_isic2018(sources: Sequence[str], out: Optional[str] = None, split: s
                      dataset_id: Optional[int] = None, name: Optional[str] = None, overwrite: bool = False,
                      num_processes: int = 1) -> ConversionResult:
     """Convert the ISIC 2018 Task 1 training download into nnUNet_raw (see the module docstring)."""
-    if split not in ("paper", "cv5"):
-        raise ValueError(f"--split must be paper or cv5, not {split}")
-    default_id, default_name = DEFAULT_IDS[split]
-    return run_conversion("isic2018", sources, out, dataset_id or default_id, name or default_name, {"split": split},
-                          lambda roots: _prepare(roots, split), overwrite, num_processes)
+    return run_split_conversion("isic2018", sources, out, split, dataset_id, name, DEFAULT_IDS, _prepare, overwrite,
+                                num_processes)
 
 
 def _prepare(roots: List[str], split: str):

@@ -194,6 +194,18 @@ def run_conversion(converter: str, sources: Sequence[str], out: Optional[str], d
     return result
 
 
+
+def run_split_conversion(converter: str, sources: Sequence[str], out: Optional[str], split: str,
+                         dataset_id: Optional[int], name: Optional[str], default_ids: Dict[str, Tuple[int, str]],
+                         prepare: Callable[[List[str], str], ConversionPlan], overwrite: bool = False,
+                         num_processes: int = 1) -> ConversionResult:
+    """run_conversion for a converter whose one option is --split paper|cv5, each with its default id and name."""
+    if split not in ("paper", "cv5"):
+        raise ValueError(f"--split must be paper or cv5, not {split}")
+    default_id, default_name = default_ids[split]
+    return run_conversion(converter, sources, out, dataset_id or default_id, name or default_name, {"split": split},
+                          lambda roots: prepare(roots, split), overwrite, num_processes)
+
 def _write_plan(plan: ConversionPlan, staging: str, num_processes: int) -> None:
     roles = {j.role for j in plan.jobs} | ({"test"} if plan.also_test else set())
     for role in roles:
