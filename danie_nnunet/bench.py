@@ -80,13 +80,8 @@ def _losses(kind: str, n_outputs: int, patch: int):
 
 def _forward_flops(build_on_meta: Callable[[], torch.nn.Module], in_chans: int, patch: int) -> float:
     """Forward FLOPs of one slice, counted on the meta device (no memory, no compute)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with torch.device("meta"):
-        net = build_on_meta().eval()
-        x = torch.empty(1, in_chans, patch, patch)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(x)
-    return float(counter.get_total_flops())
+    from .cost import count_on_meta
+    return float(count_on_meta(build_on_meta, (1, in_chans, patch, patch))[1].get_total_flops())
 
 
 def _timed(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:

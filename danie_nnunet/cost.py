@@ -6,7 +6,7 @@ and run on the meta device, so counting costs no memory and about a second at an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence, Union
+from typing import Callable, Dict, Sequence, Union
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -34,6 +34,16 @@ class ModelCost:
         return "\n".join(rows)
 
 
+def count_on_meta(build: Callable[[], torch.nn.Module], input_shape: Sequence[int]):
+    """(network, FlopCounterMode) after one inference forward pass of `build()` on the meta device."""
+    with torch.device("meta"):
+        net = build().eval()
+        x = torch.empty(*input_shape)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return net, counter
+
+
 def count_cost(variant: Union[str, DANIEConfig] = "L", img_size: Sequence[int] = (256, 256), in_chans: int = 3,
                num_classes: int = 9, **overrides) -> ModelCost:
     """Params and GMACs (batch 1, inference) of a DANIE network, with a per-part breakdown.
@@ -42,11 +52,8 @@ def count_cost(variant: Union[str, DANIEConfig] = "L", img_size: Sequence[int] =
     the configuration runs: the matmul form is the same function and not part of the architecture's cost.
     """
     overrides = {"head_upsample": "interpolate", **overrides}
-    with torch.device("meta"):
-        net = create_danie(variant, img_size, in_chans, num_classes, **overrides).eval()
-        x = torch.empty(1, in_chans, *img_size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(x)
+    net, counter = count_on_meta(lambda: create_danie(variant, img_size, in_chans, num_classes, **overrides),
+                                 (1, in_chans, *img_size))
     by_module = counter.get_flop_counts()
     parts = [name for name, module in net.named_children() if any(True for _ in module.parameters())]
     gmacs_by_part = {p: sum(by_module.get(f"DANIE.{p}", {}).values()) / 2e9 for p in parts}
