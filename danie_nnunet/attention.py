@@ -15,7 +15,10 @@ class ChannelAttentionMLP(nn.Module):
                                  nn.Conv2d(hidden, channels, 1, bias=False))
 
     def forward(self, x: torch.Tensor, pool: str) -> torch.Tensor:
-        pooled = x.amax(dim=(2, 3), keepdim=True) if pool == "max" else x.mean(dim=(2, 3), keepdim=True)
+        # max with indices, as CBAM's code (max_pool2d / torch.max): its backward routes the gradient through the
+        # argmax, where amax's compares values again, which gave NaN gradients under Inductor (docs/performance.md)
+        pooled = x.flatten(2).max(dim=2, keepdim=True).values.unsqueeze(-1) if pool == "max" \
+            else x.mean(dim=(2, 3), keepdim=True)
         return torch.sigmoid(self.mlp(pooled))
 
 
@@ -28,7 +31,7 @@ class SpatialAttentionConv(nn.Module):
         self.conv = nn.Conv2d(1, 1, kernel_size, padding=kernel_size // 2, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.amax(dim=1, keepdim=True) if self.pool == "max" else x.mean(dim=1, keepdim=True)
+        pooled = x.max(dim=1, keepdim=True).values if self.pool == "max" else x.mean(dim=1, keepdim=True)
         return torch.sigmoid(self.conv(pooled))
 
 

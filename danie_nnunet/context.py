@@ -10,12 +10,18 @@ import torch
 from timm.layers import GlobalContext
 from torch import nn
 
+# device types with autocast, read once at import: torch.amp.is_autocast_available is a C function that
+# torch.compile may not trace (torch 2.11 reported an untraceable builtin in DANIE; docs/performance.md)
+_AUTOCAST_DEVICES = frozenset(d for d in ("cpu", "cuda", "xpu", "mps", "hpu") if torch.amp.is_autocast_available(d))
+
 
 class ChannelSelfAttention(nn.Module):
     """ES: channel self-attention of DANet's CAM module, es = gamma * (attn @ s) + s, gamma learned from 0.
 
-    Follows DANet's code rather than Eq. 6 literally (A15): the energy is max-subtracted before the softmax over
-    the last axis. The C x C energy sums over all H*W positions (16,384 at stride 4 of a 512 patch), which
+    Follows DANet's code rather than Eq. 6 literally (A15): the softmax over the last axis takes
+    max(energy) - energy, which equals softmax(-energy) since softmax is shift-invariant per row (its gradient
+    through the max is zero); it is written as the latter. The max's backward splits the gradient among ties,
+    and under torch.compile (Inductor) that gave NaN gradients (docs/performance.md). The C x C energy sums over all H*W positions (16,384 at stride 4 of a 512 patch), which
     overflows fp16, so the block runs in fp32 with autocast off and returns the input's dtype.
     """
 
@@ -26,11 +32,10 @@ class ChannelSelfAttention(nn.Module):
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         b, c, h, w = s.shape
         device = s.device.type
-        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+        with torch.autocast(device, enabled=False) if device in _AUTOCAST_DEVICES else nullcontext():
             q = s.float().reshape(b, c, h * w)
             energy = torch.bmm(q, q.transpose(1, 2))  # Eq. 6: S1 . S2, B x C x C
-            energy = energy.amax(dim=-1, keepdim=True) - energy
-            attn = torch.softmax(energy, dim=-1)
+            attn = torch.softmax(-energy, dim=-1)  # = softmax(max(energy) - energy), DANet's CAM
             out = torch.bmm(attn, q).reshape(b, c, h, w)
             es = self.gamma * out + s.float()  # Eq. 7
         return es.to(s.dtype)

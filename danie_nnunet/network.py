@@ -11,6 +11,7 @@ from .encoder import HierarchicalAttentionalPerception, create_sap_stream
 from .joint_preservation import JointPreservation, PredictionHeads
 from .layers import InputAdapter
 from .patch_size import STRIDE, check_patch_size, partition_sizes
+from .recompute import DEFAULT_SEGMENTS, set_recompute
 
 _WIDTH_NAMES = {512: " (DANIE-S)", 768: " (DANIE-L)"}  # C_4 of the presets
 # (what, state dict keys (first present wins), axis, value -> text): facts a DANIE checkpoint records in its shapes
@@ -45,6 +46,7 @@ class DANIE(nn.Module):
             raise ValueError(f"DANIE needs in_chans >= 1 and num_classes >= 1, got {in_chans} and {num_classes}")
         self.cfg, self.in_chans, self.num_classes = cfg, in_chans, num_classes
         self.deep_supervision = deep_supervision
+        self.channels_last = False
         adapt = cfg.input_adapter == "conv" and in_chans != 3
         self.input_adapter = InputAdapter(in_chans) if adapt else nn.Identity()
         stream_chans = 3 if adapt else in_chans
@@ -54,6 +56,17 @@ class DANIE(nn.Module):
         self.heads = PredictionHeads(cfg.dims, num_classes, cfg.head_weights, self.img_size, cfg.head_upsample)
         p = partition_sizes(self.img_size) if cfg.use_sap else (1, 1)
         self.input_multiple = (STRIDE * p[0], STRIDE * p[1])
+
+    def set_channels_last(self, enable: bool = True) -> "DANIE":
+        """Run in channels-last (NHWC) memory format: cuDNN's convolutions and MaxViT's attention blocks (which
+        work on NHWC views) then skip layout transposes. Same function; weights are converted in place and inputs
+        at the start of `forward`."""
+        self.channels_last = bool(enable)
+        return self.to(memory_format=torch.channels_last if enable else torch.contiguous_format)
+
+    def set_grad_checkpointing(self, enable: bool = True, segments: Sequence[str] = DEFAULT_SEGMENTS) -> List[str]:
+        """Recompute the activation-heavy segments in the backward pass (`recompute.py`); timm's method name."""
+        return set_recompute(self, segments if enable else ())
 
     @classmethod
     def from_plans(cls, input_channels: int, num_classes: int, deep_supervision: bool = False,
@@ -117,6 +130,8 @@ class DANIE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         self._check_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.input_adapter(x)
         s = self.sap(x) if self.sap is not None else [None] * 4
         h = self.hap(x) if self.hap is not None else [None] * 4

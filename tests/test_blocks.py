@@ -42,6 +42,23 @@ def test_channel_self_attention_starts_as_identity():
     assert torch.equal(es(s), s)
 
 
+def test_channel_self_attention_is_danets_cam_formula():
+    # DANet's code: softmax(max(E) - E) over the last axis, E = S S^T; ES writes it as softmax(-E) (shift-invariance)
+    es = ChannelSelfAttention()
+    with torch.no_grad():
+        es.gamma.fill_(0.7)
+    s = torch.randn(2, 8, 5, 7, requires_grad=True)
+    q = s.double().reshape(2, 8, -1)
+    energy = q @ q.transpose(1, 2)
+    attn = torch.softmax(energy.amax(dim=-1, keepdim=True).expand_as(energy) - energy, dim=-1)
+    ref = 0.7 * (attn @ q).reshape(2, 8, 5, 7) + s.double()
+    out = es(s)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    grad, = torch.autograd.grad(out.square().sum(), s)
+    grad_ref, = torch.autograd.grad(ref.square().sum(), s)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_channel_self_attention_is_finite_in_half_precision_autocast(dtype):
     es = ChannelSelfAttention()

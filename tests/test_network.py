@@ -65,8 +65,13 @@ def test_round_up_patch_size():
     assert round_up_patch_size([20, 33]) == (32, 64)
 
 
-def test_compiles_as_one_graph_without_breaks():
+@pytest.mark.parametrize("fast", [False, True])
+def test_compiles_as_one_graph_without_breaks(fast):
     net = create_danie("S", (64, 64), 1, 4, deep_supervision=True)
-    explanation = torch._dynamo.explain(net)(torch.randn(2, 1, 64, 64))
+    if fast:  # as the trainers run it: channels-last, recomputation, bf16 autocast (ES switches it off inside)
+        net.set_channels_last()
+        net.set_grad_checkpointing()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+        explanation = torch._dynamo.explain(net)(torch.randn(2, 1, 64, 64))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1

@@ -11,10 +11,10 @@ from .ablations import (ABLATION_TRAINER_CLASSES, DANIETrainer_A1_noHAP, DANIETr
 from .danie_trainer import DANIETrainer, fit_plans_to_danie, unwrap_network
 from .variants import (DANIETrainer_5epochs, DANIETrainer_50epochs, DANIETrainer_250epochs, DANIETrainer_S,
                        DANIETrainer_S_4epochs_25it, DANIETrainer_S_5epochs, DANIETrainer_S_50epochs,
-                       DANIETrainer_S_250epochs)
+                       DANIETrainer_S_250epochs, DANIETrainer_S_recompute, DANIETrainer_recompute)
 
 TRAINERS = [DANIETrainer, DANIETrainer_S, DANIETrainer_5epochs, DANIETrainer_50epochs, DANIETrainer_250epochs,
             DANIETrainer_S_5epochs, DANIETrainer_S_50epochs, DANIETrainer_S_250epochs, DANIETrainer_S_4epochs_25it,
-            *ABLATION_TRAINER_CLASSES]
+            DANIETrainer_recompute, DANIETrainer_S_recompute, *ABLATION_TRAINER_CLASSES]
 __all__ = [t.__name__ for t in TRAINERS] + ["TRAINERS", "ABLATION_TRAINER_CLASSES", "fit_plans_to_danie",
                                             "unwrap_network"]

@@ -8,12 +8,17 @@ Changes against nnUNetTrainer, nothing else:
   output[0]) with loss weight 0;
 - AdamW, lr 1e-4, weight decay 1e-4, constant learning rate (CASCADE/MERIT lineage);
 - on CUDA, autocast runs in bf16 where the card supports it (no GradScaler needed), else nnU-Net's fp16;
-- ImageNet MaxViT weights are loaded from $DANIE_PRETRAINED when training starts (never at inference).
+- ImageNet MaxViT weights are loaded from $DANIE_PRETRAINED when training starts (never at inference);
+- speed (issue 4, docs/performance.md): channels-last memory format and fused AdamW; no torch.compile unless
+  nnUNet_compile=t is set (on an H200 compiled DANIE-L was slower than eager channels-last and failed the
+  same-function check); activation recomputation when the planned batch would not fit the card.
 Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
 are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
 ones stop the run (nonfinite_guard.py).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
@@ -28,6 +33,7 @@ from torch._dynamo import OptimizedModule
 
 from danie_nnunet.checks import DatasetError, check_dataset_json
 from danie_nnunet.config import DANIEConfig, get_config
+from danie_nnunet.memory import GIB, HEADROOM, estimate_training_memory
 from danie_nnunet.network import DANIE, plans_architecture
 from danie_nnunet.patch_size import round_up_patch_size
 from danie_nnunet.pretrained import ENV_VAR, load_imagenet_weights
@@ -90,6 +96,10 @@ class DANIETrainer(nnUNetTrainer):
     val_iterations_per_epoch = 50
     # this many training steps in a row with a NaN/Inf loss or gradient stop the run (each one is skipped)
     max_consecutive_nonfinite_steps = 10
+    # implementation only, the same function (issue 4, docs/performance.md): channels-last memory format, and
+    # recomputation of the activation-heavy segments in the backward pass (DANIETrainer_recompute)
+    channels_last = True
+    recompute = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -116,8 +126,13 @@ class DANIETrainer(nnUNetTrainer):
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> DANIE:
         # A classmethod with nnU-Net 2.8's signature, so each variant only names its configuration. Called at
         # inference without a trainer instance, so it must not load weights or read anything but its arguments.
-        return DANIE(get_config(cls.danie_variant), configuration_manager.patch_size, num_input_channels,
-                     num_output_channels, enable_deep_supervision)
+        network = DANIE(get_config(cls.danie_variant), configuration_manager.patch_size, num_input_channels,
+                        num_output_channels, enable_deep_supervision)
+        if cls.channels_last:  # before nnU-Net compiles and wraps it in DDP
+            network.set_channels_last()
+        if cls.recompute:  # training only: eval-mode and no-grad forwards are unchanged
+            network.set_grad_checkpointing()
+        return network
 
     def initialize(self):
         super().initialize()
@@ -127,6 +142,11 @@ class DANIETrainer(nnUNetTrainer):
             torch.set_autocast_dtype("cuda", torch.bfloat16)
             self.grad_scaler = None
             self.print_to_log_file("DANIE: mixed precision in bf16 (autocast default dtype), no GradScaler")
+        if self.device.type == "cuda":
+            self._recompute_if_batch_does_not_fit()
+            if not self._do_i_compile():
+                self.print_to_log_file("DANIE: torch.compile is off (measured slower than eager channels-last for "
+                                       "DANIE and not yet exact, docs/performance.md); nnUNet_compile=t turns it on")
         report = load_imagenet_weights(unwrap_network(self.network))
         if report is None:
             self.print_to_log_file(f"DANIE: no ImageNet weights ({ENV_VAR} is not set): the MaxViT stream starts "
@@ -134,6 +154,27 @@ class DANIETrainer(nnUNetTrainer):
                                    f"(see `danie-nnunet download-weights`).", also_print_to_console=True)
         else:
             self.print_to_log_file(f"DANIE: {report}", also_print_to_console=True)
+
+    def _do_i_compile(self) -> bool:
+        # nnU-Net compiles by default on CUDA; DANIE only when nnUNet_compile asks for it (see the module docstring)
+        asked = os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t")
+        return asked and super()._do_i_compile()
+
+    def _recompute_if_batch_does_not_fit(self) -> None:
+        """Switch on activation recomputation (DANIETrainer_recompute) when the batch's estimated training
+        memory exceeds the card (danie_nnunet/memory.py; within 4 % of what an H200 measured for S and L)."""
+        network = unwrap_network(self.network)
+        if self.recompute or not isinstance(network, DANIE):
+            return
+        estimate = estimate_training_memory(network.cfg, network.img_size, network.in_chans, network.num_classes)
+        need = estimate.total_gib(self.batch_size)
+        card = torch.cuda.get_device_properties(self.device).total_memory / GIB
+        if need > HEADROOM * card:
+            segments = network.set_grad_checkpointing()
+            self.print_to_log_file(
+                f"DANIE: batch {self.batch_size} needs about {need:.1f} GiB for training, more than {HEADROOM:.0%} of "
+                f"this card's {card:.0f} GiB: recomputing {', '.join(segments)} in the backward pass (same "
+                f"result, about a third slower, a fraction of the memory)", also_print_to_console=True)
 
     def on_train_start(self):
         super().on_train_start()
@@ -168,7 +209,9 @@ class DANIETrainer(nnUNetTrainer):
         return {"loss": loss.detach().cpu().numpy()}
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        # fused: one kernel for all parameters on CUDA (the same update as the default foreach implementation)
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay,
+                                      fused=self.device.type == "cuda")
         # exponent 0: nnU-Net's per-epoch scheduler hook with the paper's constant learning rate
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.0)
 

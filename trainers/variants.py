@@ -10,6 +10,18 @@ class DANIETrainer_S(DANIETrainer):
     danie_variant = "S"
 
 
+class DANIETrainer_recompute(DANIETrainer):
+    """Recomputes the first three MaxViT stages, the HAP stem and the first HAP stage in the backward pass
+    (danie_nnunet/recompute.py): the same function in about half the training memory, for some extra compute
+    (docs/performance.md). For cards where the planned batch of DANIE-L does not fit."""
+
+    recompute = True
+
+
+class DANIETrainer_S_recompute(DANIETrainer_S):
+    recompute = True
+
+
 class DANIETrainer_5epochs(DANIETrainer):
     epochs = 5
 

@@ -1,0 +1,59 @@
+"""DANIETrainer's speed settings (issue 4): no torch.compile unless asked, channels-last networks, fused AdamW,
+and recomputation when the planned batch would not fit the card."""
+import types
+
+import pytest
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from danie_nnunet import create_danie
+from danie_nnunet.memory import estimate_training_memory
+from danie_nnunet.trainers import DANIETrainer, DANIETrainer_recompute, DANIETrainer_S
+
+
+def _bare(cls):
+    """A trainer object without nnU-Net's setup (which needs a preprocessed dataset): enough for one method."""
+    trainer = cls.__new__(cls)
+    trainer.logged = []
+    trainer.print_to_log_file = lambda *a, **k: trainer.logged.append(" ".join(map(str, a)))
+    return trainer
+
+
+@pytest.mark.parametrize("env, expected", [(None, False), ("t", True), ("1", True), ("f", False)])
+def test_compile_only_when_nnunet_compile_asks(monkeypatch, env, expected):
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)  # what nnU-Net says on a CUDA machine
+    if env is None:
+        monkeypatch.delenv("nnUNet_compile", raising=False)
+    else:
+        monkeypatch.setenv("nnUNet_compile", env)
+    assert DANIETrainer._do_i_compile(_bare(DANIETrainer)) is expected
+
+
+def test_networks_are_built_channels_last_and_recompute_only_in_its_variant():
+    cm = types.SimpleNamespace(patch_size=[64, 64])
+    net = DANIETrainer_S.build_network_architecture(None, cm, 1, 3)
+    assert net.channels_last and net.sap.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(getattr(m, "_danie_recompute", False) for m in net.modules())
+    assert DANIETrainer_recompute.recompute and DANIETrainer_recompute.build_network_architecture(
+        None, types.SimpleNamespace(patch_size=[64, 64]), 1, 3).sap.stages_0._danie_recompute
+
+
+@pytest.mark.parametrize("card_gib, recomputes", [(0.5, True), (1000.0, False)])
+def test_recompute_switches_on_when_the_batch_would_not_fit(monkeypatch, card_gib, recomputes):
+    trainer = _bare(DANIETrainer_S)
+    trainer.network, trainer.batch_size, trainer.device = create_danie("S", (64, 64), 1, 3), 4, torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(total_memory=card_gib * 2 ** 30))
+    trainer._recompute_if_batch_does_not_fit()
+    assert bool(getattr(trainer.network.sap.stages_0, "_danie_recompute", False)) is recomputes
+    need = estimate_training_memory("S", (64, 64), 1, 3).total_gib(4)
+    assert (len(trainer.logged) == 1 and f"{need:.1f} GiB" in trainer.logged[0]) is recomputes
+
+
+def test_adamw_is_fused_on_cuda_only():
+    trainer = _bare(DANIETrainer_S)
+    trainer.network = torch.nn.Linear(2, 2)
+    trainer.initial_lr, trainer.weight_decay, trainer.num_epochs = 1e-4, 1e-4, 1
+    trainer.device = torch.device("cpu")
+    optimizer, _ = trainer.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW) and not optimizer.defaults["fused"]
