@@ -24,6 +24,19 @@ import torch
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
 
 
+VARIANTS = {  # DANIE fast formulations, each the same function as "plain" (checked per row against it)
+    "plain": dict(channels_last=False, recompute=False),
+    "cl": dict(channels_last=True, recompute=False),  # channels-last memory format
+    "rc": dict(channels_last=False, recompute=True),  # activation recomputation (recompute.py)
+    "cl+rc": dict(channels_last=True, recompute=True),
+}
+# A fast DANIE passes its check when its relative L2 error against the plain network run in fp32 is at most
+# CHECK_FACTOR x that of the plain network in the same precision (bf16 on CUDA: the noise floor of the precision
+# itself) + CHECK_FLOOR (fp32: other convolution algorithms sum in another order)
+CHECK_FACTOR = 2.0
+CHECK_FLOOR = 1e-3
+
+
 @dataclass
 class BenchRow:
     model: str
@@ -36,17 +49,19 @@ class BenchRow:
     peak_gib: float
     infer_slices_s: float
     infer_tflops: float
+    check: str = "reference"
 
     def cells(self, peak: Optional[float]) -> List[str]:
         share = f"{100 * self.train_tflops / peak:.1f}%" if peak else "n/a"
         return [self.model, self.mode, f"{self.patch}x{self.patch}", str(self.batch), f"{self.train_ms:.1f}",
                 f"{self.train_slices_s:.1f}", f"{self.train_tflops:.3g}", share,
                 f"{self.peak_gib:.2f}" if self.peak_gib >= 0 else "n/a", f"{self.infer_slices_s:.1f}",
-                f"{self.infer_tflops:.3g}"]
+                f"{self.infer_tflops:.3g}", self.check]
 
 
 HEADER = ["model", "mode", "patch", "batch", "train step ms", "train slices/s", "train TFLOP/s", "share of peak",
-          "peak GiB", "inference slices/s", "inference TFLOP/s"]
+          "peak GiB", "inference slices/s", "inference TFLOP/s",
+          "check: rel. L2 error vs fp32, outputs / grads (plain in the same precision)"]
 
 
 def nnunet_unet(patch: int, in_chans: int, num_classes: int) -> torch.nn.Module:
@@ -62,16 +77,19 @@ def nnunet_unet(patch: int, in_chans: int, num_classes: int) -> torch.nn.Module:
                          nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=True)
 
 
-def _losses(kind: str, n_outputs: int, patch: int):
+def _losses(kind: str, n_outputs: int, compiled: bool):
+    """The trainer's loss (nnU-Net compiles its Dice part when it compiles the network) and the target scales."""
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-    if kind == "danie":
-        loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                              weight_ce=0.3, weight_dice=0.7, dice_class=MemoryEfficientSoftDiceLoss)
-        return DeepSupervisionWrapper(loss, [0.0] + [1.0] * (n_outputs - 1)), [1.0] * n_outputs
+    danie = kind == "danie"
     loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                          weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+                          weight_ce=0.3 if danie else 1, weight_dice=0.7 if danie else 1,
+                          dice_class=MemoryEfficientSoftDiceLoss)
+    if compiled:
+        loss.dc = torch.compile(loss.dc)
+    if danie:
+        return DeepSupervisionWrapper(loss, [0.0] + [1.0] * (n_outputs - 1)), [1.0] * n_outputs
     weights = [1 / 2 ** i for i in range(n_outputs)]
     weights[-1] = 0
     weights = [w / sum(weights) for w in weights]
@@ -99,144 +117,264 @@ def _timed(fn: Callable[[], None], device: torch.device, warmup: int, iters: int
     return statistics.median(times)
 
 
-def bench_model(name: str, build: Callable[[], torch.nn.Module], build_for_flops: Callable[[], torch.nn.Module],
-                kind: str, patch: int, batch: int,
-                in_chans: int, num_classes: int, device: torch.device, compile_model: bool, warmup: int,
-                iters: int, amp_dtype: torch.dtype) -> BenchRow:
-    fwd_flops = _forward_flops(build_for_flops, in_chans, patch) * batch
-    net = build().to(device)
-    x = torch.randn(batch, in_chans, patch, patch, device=device)
-    net.train()
-    with torch.no_grad():
-        n_outputs = len(net(x[:1]))
-    loss_fn, scales = _losses(kind, n_outputs, patch)
-    target_full = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
-    targets = [target_full if s == 1 else torch.nn.functional.interpolate(
-        target_full, scale_factor=s, mode="nearest-exact") for s in scales]
-    if kind == "danie":
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-4)
-    else:
-        opt = torch.optim.SGD(net.parameters(), lr=1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
-    model = torch.compile(net) if compile_model else net
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            loss = loss_fn(model(x), targets)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
-            scaler.step(opt)
-            scaler.update()
+
+class TrainStep:
+    """One training step as the trainer runs it: autocast forward, loss, backward (GradScaler in fp16), clipping
+    at 12, optimiser step (DANIE: AdamW 1e-4/1e-4, fused on CUDA; U-Net: SGD 0.99 nesterov as nnU-Net)."""
+
+    def __init__(self, net: torch.nn.Module, model: torch.nn.Module, kind: str, loss_fn, targets, device,
+                 amp_dtype: Optional[torch.dtype]):
+        self.net, self.model, self.loss_fn, self.targets = net, model, loss_fn, targets
+        self.device_type = device.type
+        self.amp = device.type == "cuda" and amp_dtype is not None  # None: fp32
+        self.amp_dtype = amp_dtype or torch.float32
+        fused = {"fused": True} if device.type == "cuda" else {}
+        if kind == "danie":
+            self.opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-4, **fused)
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
-            opt.step()
+            self.opt = torch.optim.SGD(net.parameters(), lr=1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp and amp_dtype == torch.float16 else None
 
+    def forward_backward(self, x: torch.Tensor) -> list:
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
+            out = self.model(x)
+            loss = self.loss_fn(out, self.targets)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return out
+
+    def __call__(self, x: torch.Tensor) -> None:
+        self.forward_backward(x)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 12)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+
+
+def _outputs_and_grads(step: TrainStep, x: torch.Tensor):
+    out = step.forward_backward(x)
+    grads = torch.cat([p.grad.flatten().float() for p in step.net.parameters()])
+    return torch.stack([o.detach().float() for o in out]), grads
+
+
+def build_danie(model: str, patch: int, in_chans: int, num_classes: int, variant: str = "plain",
+                head_upsample: str = "matmul") -> torch.nn.Module:
+    """DANIE-S/L with deep supervision in a bench variant ('plain' = contiguous NCHW, no recomputation)."""
+    from .network import create_danie
+    net = create_danie(model, (patch, patch), in_chans, num_classes, deep_supervision=True,
+                       head_upsample=head_upsample)
+    opts = VARIANTS[variant]
+    if opts["channels_last"]:
+        net.set_channels_last()
+    if opts["recompute"]:
+        net.set_grad_checkpointing()
+    return net
+
+
+@dataclass
+class CheckResult:
+    """Relative L2 errors (outputs, gradients) against the plain network in fp32, of the fast network and of the
+    plain one in the fast one's precision."""
+    fast: tuple
+    plain: tuple
+
+    @property
+    def passed(self) -> bool:
+        return all(f <= CHECK_FACTOR * p + CHECK_FLOOR for f, p in zip(self.fast, self.plain))
+
+    def __str__(self) -> str:
+        return (f"{'PASS' if self.passed else 'FAIL'} {self.fast[0]:.1e} / {self.fast[1]:.1e} "
+                f"({self.plain[0]:.1e} / {self.plain[1]:.1e})")
+
+
+def compare_with_plain(model: str, variant: str, compiled: bool, patch: int, batch: int, in_chans: int,
+                       num_classes: int, device: torch.device, amp_dtype: torch.dtype = torch.bfloat16,
+                       compile_backend: str = "inductor"):
+    """One training forward/backward of a fast DANIE (variant, matmul heads, compiled or not) against the plain
+    eager one with F.interpolate heads in fp32: same weights, input and loss. The plain one also runs in the fast
+    one's precision, which gives the error that precision itself makes. Returns the CheckResult and the fast
+    network, its step and input, ready for timing."""
+    torch.manual_seed(0)
+    fast = build_danie(model, patch, in_chans, num_classes, variant).to(device)
+    plain = build_danie(model, patch, in_chans, num_classes, "plain", head_upsample="interpolate").to(device)
+    plain.load_state_dict(fast.state_dict())
+    plain.train(), fast.train()
+    x = torch.randn(batch, in_chans, patch, patch, device=device)
+    target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
+    loss_fn, scales = _losses("danie", 5, compiled)
+    targets = [target] * len(scales)
+    ref = _outputs_and_grads(TrainStep(plain, plain, "danie", loss_fn, targets, device, None), x)
+    plain_low = _outputs_and_grads(TrainStep(plain, plain, "danie", loss_fn, targets, device, amp_dtype), x)
+    del plain
+    model_fn = torch.compile(fast, backend=compile_backend) if compiled else fast
+    step = TrainStep(fast, model_fn, "danie", loss_fn, targets, device, amp_dtype)
+    out = _outputs_and_grads(step, x)
+    result = CheckResult(tuple(_rel_l2(a, b) for a, b in zip(out, ref)),
+                         tuple(_rel_l2(a, b) for a, b in zip(plain_low, ref)))
+    return result, fast, step, x
+
+
+def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
+              device: torch.device, compiled: bool, warmup: int, iters: int, amp_dtype: torch.dtype,
+              compile_backend: str = "inductor") -> BenchRow:
+    """Check (DANIE rows) and time one row: a training step, then eager inference as nnU-Net's predictor runs it
+    (eval, no grad, deep supervision off, fp16 autocast on CUDA)."""
+    amp = device.type == "cuda"
+    if model == "U-Net":  # nnU-Net's trainer: fp16 with GradScaler
+        label, kind, train_dtype, check = "nnU-Net 2D PlainConvUNet", "unet", torch.float16, "reference"
+        flops_build = partial(nnunet_unet, patch, in_chans, num_classes)
+        net = flops_build().to(device)
+        x = torch.randn(batch, in_chans, patch, patch, device=device)
+        with torch.no_grad():
+            n_outputs = len(net(x[:1]))
+        loss_fn, scales = _losses(kind, n_outputs, compiled)
+        target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
+        targets = [target if s == 1 else torch.nn.functional.interpolate(target, scale_factor=s, mode="nearest-exact")
+                   for s in scales]
+        step = TrainStep(net, torch.compile(net, backend=compile_backend) if compiled else net, kind, loss_fn,
+                         targets, device, train_dtype)
+    else:  # DANIETrainer: bf16 without GradScaler
+        label, kind, train_dtype = f"DANIE-{model}", "danie", amp_dtype
+        flops_build = partial(build_danie, model, patch, in_chans, num_classes, head_upsample="interpolate")
+        result, net, step, x = compare_with_plain(model, variant, compiled, patch, batch, in_chans, num_classes,
+                                                  device, train_dtype, compile_backend)
+        check = str(result)
+    fwd_flops = _forward_flops(flops_build, in_chans, patch) * batch
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    train_s = _timed(train_step, device, warmup, iters)
+    train_s = _timed(partial(step, x), device, warmup, iters)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else -1.0
     net.eval()
     if hasattr(net, "deep_supervision"):
         net.deep_supervision = False
     else:
         net.decoder.deep_supervision = False
-    infer_model = torch.compile(net) if compile_model else net
 
     def infer_step():
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            infer_model(x)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            net(x)
 
     infer_s = _timed(infer_step, device, warmup, iters)
-    mode = ("compile" if compile_model else "eager") + (f", {str(amp_dtype).split('.')[-1]}" if use_amp else ", fp32")
-    return BenchRow(name, mode, patch, batch, 1e3 * train_s, batch / train_s, 3 * fwd_flops / train_s / 1e12,
-                    peak, batch / infer_s, fwd_flops / infer_s / 1e12)
+    mode = ((f"compile ({compile_backend})" if compile_backend != "inductor" else "compile") if compiled else "eager") + (f", {str(train_dtype).split('.')[-1]}" if amp else ", fp32")
+    if model != "U-Net" and variant != "plain":
+        mode += f", {variant}"
+    return BenchRow(label, mode, patch, batch, 1e3 * train_s, batch / train_s, 3 * fwd_flops / train_s / 1e12,
+                    peak, batch / infer_s, fwd_flops / infer_s / 1e12, check)
+
+
+def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
+                device: torch.device, amp_dtype: torch.dtype, row_limit: int = 25) -> str:
+    """The kernels of one eager training step, most device time first (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    if model == "U-Net":
+        raise ValueError("--profile takes a DANIE model (S or L)")
+    _, net, step, x = compare_with_plain(model, variant, False, patch, batch, in_chans, num_classes, device,
+                                         amp_dtype)
+    for _ in range(2):
+        step(x)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return (f"DANIE-{model} {variant}, {batch}x{in_chans}x{patch}x{patch}, one eager training step\n"
+            + prof.key_averages().table(sort_by=sort, row_limit=row_limit, max_name_column_width=60))
+
+
+def explain_compile(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
+                    device: torch.device, amp_dtype: torch.dtype) -> str:
+    """torch._dynamo.explain of a training forward (autocast as in training): graphs and graph-break reasons."""
+    net = build_danie(model, patch, in_chans, num_classes, variant).to(device).train()
+    x = torch.randn(batch, in_chans, patch, patch, device=device)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
+        explanation = torch._dynamo.explain(net)(x)
+    lines = [f"DANIE-{model} {variant}, {batch}x{in_chans}x{patch}x{patch}, torch {torch.__version__}: "
+             f"{explanation.graph_count} graph(s), {explanation.graph_break_count} graph break(s)"]
+    lines += [f"break {i}: {reason}" for i, reason in enumerate(explanation.break_reasons)]
+    return "\n".join(lines)
+
+
+def _device(device: str) -> torch.device:
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        ("cpu" if device == "auto" else device))
 
 
 def run_bench(device: str = "auto", configs: Sequence[tuple] = ((512, 12), (256, 24)), models=("U-Net", "S", "L"),
               compile_modes=(False, True), in_chans: int = 1, num_classes: int = 9, warmup: int = 3,
-              iters: int = 10, amp: str = "bf16", peak_tflops: Optional[float] = None) -> str:
-    from .network import create_danie
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+              iters: int = 10, amp: str = "bf16", peak_tflops: Optional[float] = None,
+              variants: Sequence[str] = ("plain",), time_budget: Optional[float] = None,
+              out: Optional[str] = None, compile_backend: str = "inductor") -> str:
+    """The Markdown table, one row per (config, model, mode, variant); U-Net rows have no variants. Rows past
+    `time_budget` seconds are listed as skipped; with `out`, the table is rewritten after every row."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown bench variants {unknown}; choose from {sorted(VARIANTS)}")
+    dev = _device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as nnU-Net's run_training sets it
     amp_dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     if peak_tflops is None and dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
         peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    rows = []
-    for patch, batch in configs:
-        for model in models:
-            for compiled in compile_modes:
-                if model == "U-Net":
-                    build = flops_build = lambda p=patch: nnunet_unet(p, in_chans, num_classes)  # noqa: E731
-                    kind, label = "unet", "nnU-Net 2D PlainConvUNet"
-                else:
-                    def build(p=patch, m=model, up="matmul"):
-                        return create_danie(m, (p, p), in_chans, num_classes, deep_supervision=True,
-                                            head_upsample=up)
-                    flops_build = partial(build, up="interpolate")  # counted as in cost.py
-                    kind, label = "danie", f"DANIE-{model}"
-                rows.append(bench_model(label, build, flops_build, kind, patch, batch, in_chans, num_classes, dev,
-                                        compiled, warmup, iters, amp_dtype))
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
-    lines = [f"device: {device_name}; torch {torch.__version__}; {in_chans} input channel(s), {num_classes} classes; "
-             f"median of {iters} steps after {warmup} warm-up; peak {peak_tflops or 'n/a'} TFLOP/s", "",
-             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r.cells(peak_tflops)) + " |" for r in rows]
-    return "\n".join(lines)
+    head = [f"device: {device_name}; torch {torch.__version__}; {in_chans} input channel(s), {num_classes} classes; "
+            f"median of {iters} steps after {warmup} warm-up; peak {peak_tflops or 'n/a'} TFLOP/s; "
+            f"U-Net trains in fp16 with GradScaler, DANIE in bf16 (as their trainers); inference fp16", "",
+            "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines, started = [], time.perf_counter()
+
+    def table() -> str:
+        return "\n".join(head + lines)
+
+    for patch, batch in configs:
+        for compiled in compile_modes:
+            for model in models:
+                for variant in (("plain",) if model == "U-Net" else variants):
+                    if time_budget is not None and time.perf_counter() - started > time_budget:
+                        lines.append(f"| {model} | {'compile' if compiled else 'eager'}, {variant} | {patch}x{patch} "
+                                     f"| {batch} | skipped: past the {time_budget:.0f} s budget |")
+                        continue
+                    try:
+                        row = bench_row(model, variant, patch, batch, in_chans, num_classes, dev, compiled, warmup,
+                                        iters, amp_dtype, compile_backend)
+                        lines.append("| " + " | ".join(row.cells(peak_tflops)) + " |")
+                    except torch.OutOfMemoryError:
+                        lines.append(f"| {model} | {variant} | {patch}x{patch} | {batch} | out of memory |")
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if out:
+                        with open(out, "w") as f:
+                            f.write(table() + "\n")
+                    print(lines[-1], flush=True)
+    return table()
 
 
-def check_fast_paths(device: str = "auto", variant: str = "L", patch: int = 256, batch: int = 2,
-                     compile_check: bool = True) -> List[str]:
-    """Each fast formulation against the plain one, same weights and input, within bf16 tolerance on CUDA
-    (fp32 on CPU): matmul vs F.interpolate head upsampling (outputs and gradients), torch.compile vs eager.
+def check_fast_paths(device: str = "auto", model: str = "L", patch: int = 256, batch: int = 2,
+                     compile_check: bool = True, variants: Sequence[str] = tuple(VARIANTS),
+                     compile_backend: str = "inductor") -> List[str]:
+    """Each fast formulation (matmul heads with every variant, compiled too if asked) against the plain eager
+    network in fp32 (CheckResult: at most CHECK_FACTOR x the plain network's own bf16 error + CHECK_FLOOR).
     Returns report lines; raises AssertionError on a mismatch."""
-    from .network import create_danie
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    amp = dev.type == "cuda"
-    atol, rtol = (0.05, 0.05) if amp else (1e-4, 1e-4)
-    torch.manual_seed(0)
-    plain = create_danie(variant, (patch, patch), 1, 9, deep_supervision=True, head_upsample="interpolate").to(dev)
-    fast = create_danie(variant, (patch, patch), 1, 9, deep_supervision=True, head_upsample="matmul").to(dev)
-    fast.load_state_dict(plain.state_dict())
-    x = torch.randn(batch, 1, patch, patch, device=dev)
-    lines = []
-
-    def run(net):
-        net.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            out = net(x)
-            loss = sum(o.float().square().mean() for o in out[1:])
-        loss.backward()
-        grads = torch.cat([p.grad.flatten().float() for p in net.parameters()])
-        return [o.detach().float() for o in out], grads
-
-    def compare(what, a, b):
-        err = (a - b).abs().max().item()
-        scale = b.abs().max().item()
-        ok = err <= atol + rtol * scale
-        lines.append(f"{'PASS' if ok else 'FAIL'} {what}: max |diff| {err:.3g} (max |ref| {scale:.3g}, "
-                     f"tolerance {atol} + {rtol} x ref)")
-        return ok
-
-    out_p, g_p = run(plain)
-    out_f, g_f = run(fast)
-    ok = all([compare("matmul heads vs interpolate: y", out_f[0], out_p[0]),
-              compare("matmul heads vs interpolate: heads", torch.stack(out_f[1:]), torch.stack(out_p[1:])),
-              compare("matmul heads vs interpolate: gradients", g_f, g_p)])
-    if compile_check:
-        out_c, g_c = run(torch.compile(fast))
-        ok &= compare("torch.compile vs eager: y", out_c[0], out_f[0])
-        ok &= compare("torch.compile vs eager: gradients", g_c, g_f)
-    lines.append(f"device {dev}, DANIE-{variant}, {batch}x1x{patch}x{patch}, "
-                 f"{'bf16 autocast' if amp else 'fp32'}: {'all fast paths match' if ok else 'MISMATCH'}")
+    dev = _device(device)
+    lines, ok = [], True
+    for compiled in ((False, True) if compile_check else (False,)):
+        for v in variants:
+            result, *_ = compare_with_plain(model, v, compiled, patch, batch, 1, 9, dev,
+                                            compile_backend=compile_backend)
+            ok &= result.passed
+            lines.append(f"{v}{f', compiled ({compile_backend})' if compiled else ''} (matmul heads): rel. L2 error vs plain fp32, "
+                         f"outputs / gradients: {result}")
+    lines.append(f"device {dev}, DANIE-{model}, {batch}x1x{patch}x{patch}, "
+                 f"{'bf16 autocast' if dev.type == 'cuda' else 'fp32'}: {'all fast paths match' if ok else 'MISMATCH'}")
     if not ok:
         raise AssertionError("\n".join(lines))
     return lines
@@ -254,31 +392,54 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=None)
-    p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    p.add_argument("--variants", default="plain",
+                   help=f"DANIE formulations, comma-separated: {', '.join(VARIANTS)} (cl = channels-last, rc = "
+                        "activation recomputation); U-Net rows run as nnU-Net builds them")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compile mode, e.g. "
+                   "aot_eager to tell AOTAutograd problems from Inductor ones")
+    p.add_argument("--explain", action="store_true", help="only list torch.compile's graphs and graph breaks for "
+                   "the first DANIE model and variant on the first config (training forward under autocast)")
+    p.add_argument("--time-budget", type=float, default=None, help="skip the rows that would start after this "
+                   "many seconds (the finished rows are kept)")
+    p.add_argument("--out", default=None, help="also write the table to this Markdown file (after every row)")
     p.add_argument("--check-fast-paths", action="store_true", help="only compare each fast formulation with the "
                    "plain one (no timing), on the first config and DANIE model; compiled too if --modes has compile")
+    p.add_argument("--profile", action="store_true", help="only profile one eager training step of the first DANIE "
+                   "model and variant on the first config: the kernels that take most device time")
     p.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(args) -> int:
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
-    if args.check_fast_paths:  # on the first configuration and the first DANIE model asked for
-        variant = next((m for m in args.models.split(",") if m != "U-Net"), "L")
-        try:
-            print("\n".join(check_fast_paths(args.device, variant, configs[0][0], configs[0][1],
-                                              compile_check="compile" in args.modes)))
-        except AssertionError as e:
-            print(e)
-            return 1
+    danie_models = [m for m in args.models.split(",") if m != "U-Net"] or ["L"]
+    variants = args.variants.split(",")
+    amp_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
+    if args.check_fast_paths or args.profile or args.explain:
+        if args.profile:
+            text = profile_row(danie_models[0], variants[0], *configs[0], args.in_chans, args.classes,
+                               _device(args.device), amp_dtype)
+        elif args.explain:
+            text = explain_compile(danie_models[0], variants[0], *configs[0], args.in_chans, args.classes,
+                                   _device(args.device), amp_dtype)
+        else:
+            try:
+                text = "\n".join(check_fast_paths(args.device, danie_models[0], *configs[0],
+                                                  compile_check="compile" in args.modes, variants=variants,
+                                                  compile_backend=args.compile_backend))
+            except AssertionError as e:
+                print(e)
+                return 1
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
         return 0
     table = run_bench(args.device, configs, args.models.split(","),
                       tuple(m == "compile" for m in args.modes.split(",")), args.in_chans, args.classes,
-                      args.warmup, args.iters, args.amp, args.peak_tflops)
+                      args.warmup, args.iters, args.amp, args.peak_tflops, variants, args.time_budget, args.out,
+                      args.compile_backend)
     print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
-    return 0
+    return 1 if "| FAIL" in table else 0
 
 
 if __name__ == "__main__":

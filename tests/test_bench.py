@@ -1,16 +1,51 @@
-"""The benchmark keeps working on CPU at tiny sizes (timings are printed, never asserted)."""
+"""The benchmark keeps working on CPU at tiny sizes (timings are printed, never asserted), and its per-row check
+catches a fast path that computes another function."""
+import pytest
+
+from danie_nnunet import bench
 from danie_nnunet.bench import check_fast_paths, run_bench
 
 
-def test_bench_prints_a_row_per_model_and_mode():
-    table = run_bench("cpu", configs=[(64, 1)], models=("U-Net", "S"), compile_modes=(False,), warmup=0, iters=1)
-    rows = [line for line in table.splitlines() if line.startswith("| nnU-Net") or line.startswith("| DANIE")]
-    assert len(rows) == 2
+def _rows(table):
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| nnU-Net") or line.startswith("| DANIE")]
+
+
+def test_bench_prints_a_checked_row_per_model_mode_and_variant(tmp_path):
+    out = tmp_path / "table.md"
+    table = run_bench("cpu", configs=[(64, 1)], models=("U-Net", "S"), compile_modes=(False,), warmup=0, iters=1,
+                      variants=("plain", "cl+rc"), out=str(out))
+    rows = _rows(table)
+    assert [r[0] for r in rows] == ["nnU-Net 2D PlainConvUNet", "DANIE-S", "DANIE-S"]
+    assert rows[2][1].endswith("cl+rc") and out.read_text().strip() == table.strip()
     for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert float(cells[4]) > 0 and float(cells[5]) > 0 and float(cells[6]) > 0 and float(cells[9]) > 0
+        assert float(row[4]) > 0 and float(row[5]) > 0 and float(row[6]) > 0 and float(row[9]) > 0
+    assert rows[0][11] == "reference" and all(r[11].startswith("PASS") for r in rows[1:])
+
+
+def test_bench_check_fails_a_fast_path_that_changes_the_function(monkeypatch):
+    build = bench.build_danie
+
+    def broken(model, patch, in_chans, num_classes, variant="plain", head_upsample="matmul"):
+        net = build(model, patch, in_chans, num_classes, variant, head_upsample)
+        if variant == "cl":  # a "fast path" that adds a constant to one head
+            net.heads.heads[0].register_forward_hook(lambda m, i, o: o + 1.0)
+        return net
+
+    monkeypatch.setattr(bench, "build_danie", broken)
+    rows = _rows(run_bench("cpu", configs=[(64, 1)], models=("S",), compile_modes=(False,), warmup=0, iters=1,
+                           variants=("plain", "cl")))
+    assert rows[0][11].startswith("PASS") and rows[1][11].startswith("FAIL")
+    with pytest.raises(AssertionError, match="MISMATCH"):
+        check_fast_paths("cpu", model="S", patch=64, batch=1, compile_check=False, variants=("cl",))
+
+
+def test_bench_skips_rows_past_its_time_budget():
+    rows = run_bench("cpu", configs=[(64, 1)], models=("U-Net", "S"), compile_modes=(False,), warmup=0, iters=1,
+                     time_budget=0.0).splitlines()
+    assert sum("skipped: past the 0 s budget" in r for r in rows) == 2
 
 
 def test_fast_paths_match_the_plain_formulation_on_cpu():
-    lines = check_fast_paths("cpu", variant="S", patch=64, batch=2, compile_check=False)
-    assert lines[-1].endswith("all fast paths match") and sum(line.startswith("PASS") for line in lines) == 3
+    lines = check_fast_paths("cpu", model="S", patch=64, batch=2, compile_check=False)
+    assert lines[-1].endswith("all fast paths match") and sum(" PASS " in line for line in lines) == 4
