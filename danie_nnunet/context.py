@@ -19,10 +19,10 @@ class ChannelSelfAttention(nn.Module):
     """ES: channel self-attention of DANet's CAM module, es = gamma * (attn @ s) + s, gamma learned from 0.
 
     Follows DANet's code rather than Eq. 6 literally (A15): the softmax over the last axis takes
-    max(energy) - energy, which equals softmax(-energy) since softmax is shift-invariant per row (its gradient
-    through the max is zero); it is written as the latter. The max's backward splits the gradient among ties,
-    and under torch.compile (Inductor) that gave NaN gradients (docs/performance.md). The C x C energy sums over all H*W positions (16,384 at stride 4 of a 512 patch), which
-    overflows fp16, so the block runs in fp32 with autocast off and returns the input's dtype.
+    max(energy) - energy, which equals softmax(-energy) because softmax is shift-invariant per row (the gradient
+    through the max is zero), so it is written as the latter (tested against DANet's form in float64). The C x C
+    energy sums over all H*W positions (16,384 at stride 4 of a 512 patch), which overflows fp16, so the block
+    runs in fp32 with autocast off and returns the input's dtype.
     """
 
     def __init__(self):
