@@ -194,31 +194,38 @@ class CheckResult:
                 f"({self.plain[0]:.1e} / {self.plain[1]:.1e})")
 
 
+def _danie_training(model: str, variant: str, compiled: bool, patch: int, batch: int, in_chans: int,
+                    num_classes: int, device: torch.device, amp_dtype: torch.dtype,
+                    compile_backend: str = "inductor"):
+    """A DANIE in a bench variant (matmul heads, compiled or not) with DANIETrainer's step, an input and targets."""
+    torch.manual_seed(0)
+    net = build_danie(model, patch, in_chans, num_classes, variant).to(device).train()
+    x = torch.randn(batch, in_chans, patch, patch, device=device)
+    target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
+    loss_fn, scales = _losses("danie", 5, compiled)
+    model_fn = torch.compile(net, backend=compile_backend) if compiled else net
+    return TrainStep(net, model_fn, "danie", loss_fn, [target] * len(scales), device, amp_dtype), x
+
+
 def compare_with_plain(model: str, variant: str, compiled: bool, patch: int, batch: int, in_chans: int,
                        num_classes: int, device: torch.device, amp_dtype: torch.dtype = torch.bfloat16,
                        compile_backend: str = "inductor"):
     """One training forward/backward of a fast DANIE (variant, matmul heads, compiled or not) against the plain
     eager one with F.interpolate heads in fp32: same weights, input and loss. The plain one also runs in the fast
     one's precision, which gives the error that precision itself makes. Returns the CheckResult and the fast
-    network, its step and input, ready for timing."""
-    torch.manual_seed(0)
-    fast = build_danie(model, patch, in_chans, num_classes, variant).to(device)
+    one's training step and input, ready for timing."""
+    step, x = _danie_training(model, variant, compiled, patch, batch, in_chans, num_classes, device, amp_dtype,
+                              compile_backend)
     plain = build_danie(model, patch, in_chans, num_classes, "plain", head_upsample="interpolate").to(device)
-    plain.load_state_dict(fast.state_dict())
-    plain.train(), fast.train()
-    x = torch.randn(batch, in_chans, patch, patch, device=device)
-    target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
-    loss_fn, scales = _losses("danie", 5, compiled)
-    targets = [target] * len(scales)
-    ref = _outputs_and_grads(TrainStep(plain, plain, "danie", loss_fn, targets, device, None), x)
-    plain_low = _outputs_and_grads(TrainStep(plain, plain, "danie", loss_fn, targets, device, amp_dtype), x)
+    plain.load_state_dict(step.net.state_dict())
+    plain.train()
+    ref, plain_low = (_outputs_and_grads(TrainStep(plain, plain, "danie", step.loss_fn, step.targets, device, dtype), x)
+                      for dtype in (None, amp_dtype))
     del plain
-    model_fn = torch.compile(fast, backend=compile_backend) if compiled else fast
-    step = TrainStep(fast, model_fn, "danie", loss_fn, targets, device, amp_dtype)
     out = _outputs_and_grads(step, x)
     result = CheckResult(tuple(_rel_l2(a, b) for a, b in zip(out, ref)),
                          tuple(_rel_l2(a, b) for a, b in zip(plain_low, ref)))
-    return result, fast, step, x
+    return result, step, x
 
 
 def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
@@ -243,9 +250,9 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
     else:  # DANIETrainer: bf16 without GradScaler
         label, kind, train_dtype = f"DANIE-{model}", "danie", amp_dtype
         flops_build = partial(build_danie, model, patch, in_chans, num_classes, head_upsample="interpolate")
-        result, net, step, x = compare_with_plain(model, variant, compiled, patch, batch, in_chans, num_classes,
-                                                  device, train_dtype, compile_backend)
-        check = str(result)
+        result, step, x = compare_with_plain(model, variant, compiled, patch, batch, in_chans, num_classes, device,
+                                             train_dtype, compile_backend)
+        net, check = step.net, str(result)
     fwd_flops = _forward_flops(flops_build, in_chans, patch) * batch
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -263,11 +270,17 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
             net(x)
 
     infer_s = _timed(infer_step, device, warmup, iters)
-    mode = ((f"compile ({compile_backend})" if compile_backend != "inductor" else "compile") if compiled else "eager") + (f", {str(train_dtype).split('.')[-1]}" if amp else ", fp32")
+    mode = _mode_label(compiled, compile_backend) + (f", {str(train_dtype).split('.')[-1]}" if amp else ", fp32")
     if model != "U-Net" and variant != "plain":
         mode += f", {variant}"
     return BenchRow(label, mode, patch, batch, 1e3 * train_s, batch / train_s, 3 * fwd_flops / train_s / 1e12,
                     peak, batch / infer_s, fwd_flops / infer_s / 1e12, check)
+
+
+def _mode_label(compiled: bool, compile_backend: str) -> str:
+    if not compiled:
+        return "eager"
+    return "compile" if compile_backend == "inductor" else f"compile ({compile_backend})"
 
 
 def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
@@ -276,8 +289,7 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
     from torch.profiler import ProfilerActivity, profile
     if model == "U-Net":
         raise ValueError("--profile takes a DANIE model (S or L)")
-    _, net, step, x = compare_with_plain(model, variant, False, patch, batch, in_chans, num_classes, device,
-                                         amp_dtype)
+    step, x = _danie_training(model, variant, False, patch, batch, in_chans, num_classes, device, amp_dtype)
     for _ in range(2):
         step(x)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -371,8 +383,8 @@ def check_fast_paths(device: str = "auto", model: str = "L", patch: int = 256, b
             result, *_ = compare_with_plain(model, v, compiled, patch, batch, 1, 9, dev,
                                             compile_backend=compile_backend)
             ok &= result.passed
-            lines.append(f"{v}{f', compiled ({compile_backend})' if compiled else ''} (matmul heads): rel. L2 error vs plain fp32, "
-                         f"outputs / gradients: {result}")
+            lines.append(f"{v}{', ' + _mode_label(True, compile_backend) if compiled else ''} (matmul heads): "
+                         f"rel. L2 error vs plain fp32, outputs / gradients: {result}")
     lines.append(f"device {dev}, DANIE-{model}, {batch}x1x{patch}x{patch}, "
                  f"{'bf16 autocast' if dev.type == 'cuda' else 'fp32'}: {'all fast paths match' if ok else 'MISMATCH'}")
     if not ok:

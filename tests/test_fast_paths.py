@@ -59,6 +59,8 @@ def test_recompute_names_unknown_segments():
     assert "hap.embed" not in set_recompute(net)
     with pytest.raises(ValueError, match="no submodule"):
         set_recompute(net, ["joint_preservation.nonexistent"])
+    with pytest.raises(ValueError, match="no submodule 'sap.stage_0'"):  # a typo inside a stream that exists
+        set_recompute(net, ["sap.stage_0"])
 
 
 def test_channels_last_is_the_same_function_and_its_checkpoints_load_both_ways(plain_and_step):
