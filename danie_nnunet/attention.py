@@ -16,8 +16,8 @@ class ChannelAttentionMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, pool: str) -> torch.Tensor:
         # max with indices, as CBAM's code (max_pool2d / torch.max): its backward routes the gradient through the
-        # argmax, where amax's compares values again; amax was one source of NaN gradients under Inductor
-        # (docs/performance.md)
+        # argmax, where amax's compares the input with its max again, in a kernel that met Inductor's CPU bf16
+        # miscompile (bench/repro_inductor_nan.py)
         pooled = x.flatten(2).max(dim=2, keepdim=True).values.unsqueeze(-1) if pool == "max" \
             else x.mean(dim=(2, 3), keepdim=True)
         return torch.sigmoid(self.mlp(pooled))

@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, List, Optional, Sequence
 
 import torch
+
+from .compiled import backward_outside_autocast
 
 # dense bf16 tensor-core peaks (TFLOP/s) by device name, for the "share of peak" column
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
@@ -137,10 +140,11 @@ class TrainStep:
         else:
             self.opt = torch.optim.SGD(net.parameters(), lr=1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp and amp_dtype == torch.float16 else None
+        self.trace_context = nullcontext  # the torch.compile settings a compiled model is first traced under
 
     def forward_backward(self, x: torch.Tensor) -> list:
         self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
+        with self.trace_context(), torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
             out = self.model(x)
             loss = self.loss_fn(out, self.targets)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -204,7 +208,10 @@ def _danie_training(model: str, variant: str, compiled: bool, patch: int, batch:
     target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
     loss_fn, scales = _losses("danie", 5, compiled)
     model_fn = torch.compile(net, backend=compile_backend) if compiled else net
-    return TrainStep(net, model_fn, "danie", loss_fn, [target] * len(scales), device, amp_dtype), x
+    step = TrainStep(net, model_fn, "danie", loss_fn, [target] * len(scales), device, amp_dtype)
+    if compiled:  # as DANIETrainer compiles it: the backward outside autocast (danie_nnunet/compiled.py)
+        step.trace_context = backward_outside_autocast
+    return step, x
 
 
 def compare_with_plain(model: str, variant: str, compiled: bool, patch: int, batch: int, in_chans: int,

@@ -57,3 +57,18 @@ def test_adamw_is_fused_on_cuda_only():
     trainer.device = torch.device("cpu")
     optimizer, _ = trainer.configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW) and not optimizer.defaults["fused"]
+
+
+@pytest.mark.parametrize("env", [None, "t"])
+def test_a_compiling_trainer_traces_backward_outside_autocast(monkeypatch, env):
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)
+    if env is None:
+        monkeypatch.delenv("nnUNet_compile", raising=False)
+    else:
+        monkeypatch.setenv("nnUNet_compile", env)
+    trainer = _bare(DANIETrainer_S)
+    with torch._functorch.config.patch(backward_pass_autocast="same_as_forward"):  # restored after
+        trainer._configure_compile()
+        setting = torch._functorch.config.backward_pass_autocast
+    assert setting == ("off" if env else "same_as_forward")
+    assert ("outside autocast" if env else "torch.compile is off") in trainer.logged[0]

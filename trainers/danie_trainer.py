@@ -11,7 +11,8 @@ Changes against nnUNetTrainer, nothing else:
 - ImageNet MaxViT weights are loaded from $DANIE_PRETRAINED when training starts (never at inference);
 - speed (issue 4, docs/performance.md): channels-last memory format and fused AdamW; no torch.compile unless
   nnUNet_compile=t is set (on an H200 compiled DANIE-L was slower than eager channels-last and failed the
-  same-function check); activation recomputation when the planned batch would not fit the card.
+  same-function check; when compiled, the backward is traced outside autocast, as eager autograd runs it);
+  activation recomputation when the planned batch would not fit the card.
 Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
 are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
 ones stop the run (nonfinite_guard.py).
@@ -32,6 +33,7 @@ from torch import autocast
 from torch._dynamo import OptimizedModule
 
 from danie_nnunet.checks import DatasetError, check_dataset_json
+from danie_nnunet.compiled import trace_backward_outside_autocast
 from danie_nnunet.config import DANIEConfig, get_config
 from danie_nnunet.memory import GIB, HEADROOM, estimate_training_memory
 from danie_nnunet.network import DANIE, plans_architecture
@@ -144,9 +146,7 @@ class DANIETrainer(nnUNetTrainer):
             self.print_to_log_file("DANIE: mixed precision in bf16 (autocast default dtype), no GradScaler")
         if self.device.type == "cuda":
             self._recompute_if_batch_does_not_fit()
-            if not self._do_i_compile():
-                self.print_to_log_file("DANIE: torch.compile is off (measured slower than eager channels-last for "
-                                       "DANIE and not yet exact, docs/performance.md); nnUNet_compile=t turns it on")
+            self._configure_compile()
         report = load_imagenet_weights(unwrap_network(self.network))
         if report is None:
             self.print_to_log_file(f"DANIE: no ImageNet weights ({ENV_VAR} is not set): the MaxViT stream starts "
@@ -159,6 +159,14 @@ class DANIETrainer(nnUNetTrainer):
         # nnU-Net compiles by default on CUDA; DANIE only when nnUNet_compile asks for it (see the module docstring)
         asked = os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t")
         return asked and super()._do_i_compile()
+
+    def _configure_compile(self) -> None:
+        if not self._do_i_compile():
+            self.print_to_log_file("DANIE: torch.compile is off (measured slower than eager channels-last for DANIE "
+                                   "and not yet checked on a GPU, docs/performance.md); nnUNet_compile=t turns it on")
+        elif trace_backward_outside_autocast():
+            self.print_to_log_file("DANIE: compiled backward passes are traced outside autocast, as eager autograd "
+                                   "runs them (danie_nnunet/compiled.py)")
 
     def _recompute_if_batch_does_not_fit(self) -> None:
         """Switch on activation recomputation (DANIETrainer_recompute) when the batch's estimated training

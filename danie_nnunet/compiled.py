@@ -1,0 +1,35 @@
+"""torch.compile of DANIE with eager autograd's autocast semantics in the backward pass (docs/performance.md).
+
+AOTAutograd traces a compiled region's backward together with its forward, and by default under the forward's
+autocast state (`torch._functorch.config.backward_pass_autocast = "same_as_forward"`, the default through torch
+2.14; pytorch/pytorch#153044). Eager autograd runs each backward op in its forward op's dtypes instead. Under bf16
+autocast the difference is DANIE's ES block: it runs in fp32 with autocast off (its C x C energy sums over all
+H*W positions), and its compiled backward would run in bf16, 3.7e-3 from eager instead of 1e-7
+(tests/test_compiled.py). The bf16 backward also fed the Inductor CPU miscompile that made compiled DANIE's
+gradients NaN on CPU (bench/repro_inductor_nan.py). "off" traces the backward as eager autograd runs it.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+OPTION = "backward_pass_autocast"
+
+
+def _supported() -> bool:
+    return hasattr(torch._functorch.config, OPTION)  # torch >= 2.9
+
+
+def trace_backward_outside_autocast() -> bool:
+    """Process-wide: compiled backwards traced from now on run outside autocast, as eager autograd's do.
+    For a process that compiles DANIE (a DANIE trainer). False where this torch has no such option."""
+    if not _supported():
+        return False
+    setattr(torch._functorch.config, OPTION, "off")
+    return True
+
+
+def backward_outside_autocast():
+    """The same for what is compiled (first called) inside this context only, e.g. DANIE next to a U-Net."""
+    return torch._functorch.config.patch(**{OPTION: "off"}) if _supported() else nullcontext()
