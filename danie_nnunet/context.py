@@ -38,7 +38,10 @@ class ChannelSelfAttention(nn.Module):
             attn = torch.softmax(-energy, dim=-1)  # = softmax(max(energy) - energy), DANet's CAM
             out = torch.bmm(attn, q).reshape(b, c, h, w)
             es = self.gamma * out + s.float()  # Eq. 7
-        return es.to(s.dtype)
+        # in the input's memory format: the bmm gives NCHW, which made the whole aggregation and the Joint
+        # Preservation convolutions' inputs NCHW in a channels-last network
+        fmt = torch.channels_last if s.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return es.to(dtype=s.dtype, memory_format=fmt)
 
 
 class GlobalContextGate(GlobalContext):
