@@ -402,8 +402,9 @@ def check_fast_paths(device: str = "auto", model: str = "L", patch: int = 256, b
             ok &= result.passed
             lines.append(f"{v}{', ' + _mode_label(True, compile_backend) if compiled else ''} (matmul heads): "
                          f"rel. L2 error vs plain fp32 (CPU: all float64), outputs / gradients: {result}")
-    lines.append(f"device {dev}, DANIE-{model}, {batch}x1x{patch}x{patch}, "
-                 f"{'bf16 autocast' if dev.type == 'cuda' else 'float64'}: {'all fast paths match' if ok else 'MISMATCH'}")
+    precision = "bf16 autocast" if dev.type == "cuda" else "float64"
+    lines.append(f"device {dev}, DANIE-{model}, {batch}x1x{patch}x{patch}, {precision}: "
+                 f"{'all fast paths match' if ok else 'MISMATCH'}")
     if not ok:
         raise AssertionError("\n".join(lines))
     return lines
