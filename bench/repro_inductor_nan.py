@@ -33,23 +33,20 @@ def _two_transposed_bf16_reads(a, b, c):
     return b + a.float() + c.transpose(1, 2).reshape(b.shape).float()
 
 
-def problem_1() -> int:
+def problem_1() -> None:
     """Wrong elements of the compiled kernel, default vector width and 256-bit (a bug in torch, not DANIE)."""
     torch.manual_seed(0)
     a = torch.randn(2, 128, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     b = torch.randn(2, 128, 8, 8)
     c = torch.randn(2, 64, 128).to(torch.bfloat16)
     expected = _two_transposed_bf16_reads(a, b, c)
-    failures = 0
     for simdlen in (None, 256):
         torch._dynamo.reset()
         with inductor_config.patch({"cpp.simdlen": simdlen}):
             out = torch.compile(_two_transposed_bf16_reads)(a, b, c)
         wrong = int((out != expected).sum())
-        failures += wrong > 0
         print(f"problem 1, simdlen {simdlen or 'default'}: {wrong} of {out.numel()} elements wrong, "
               f"{int(out.isnan().sum())} NaN")
-    return failures
 
 
 class Aggregation(torch.nn.Module):
