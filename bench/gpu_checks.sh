@@ -10,7 +10,8 @@
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
 # compile (about 7 min): graph breaks, then the compiled table (DANIE-L first, with its check)
 #   run(command="bash bench/gpu_checks.sh compile", carry=[".whl"], timeout_s=540)
-# e2e (about 5 min): nnUNetv2_train epoch time and nnUNetv2_predict seconds, DANIE-L vs nnU-Net
+# e2e (about 5 min): nnUNetv2_train epoch time and nnUNetv2_predict seconds, DANIE-L vs nnU-Net, DANIE-L's predict
+#   also with CUDA graphs (DANIE_cuda_graphs=t) and its segmentation compared with the eager one
 #   run(command="bash bench/gpu_checks.sh e2e", carry=[".whl"], timeout_s=420)
 # SMALL=1 shrinks every size so the script itself can be tried on a CPU.
 set -uo pipefail
@@ -75,6 +76,19 @@ PYEOF
       -f 0 -device $dev > "$work/predict_$tr.log" 2>&1 || tail -20 "$work/predict_$tr.log" | tee -a "$OUT/log.txt"
     echo "$tr: nnUNetv2_predict of one volume $test_shape with mirroring: $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $start}") s" \
       >> "$OUT/e2e_times.txt"
+    if [ $tr = DANIETrainer_bench ]; then  # again with CUDA graphs (danie_nnunet/cuda_graphs.py), same output?
+      start=$EPOCHREALTIME
+      DANIE_cuda_graphs=t timeout 45 nnUNetv2_predict -i $nnUNet_raw/Dataset992_Bench512/imagesTs -o $work/pred_graphs \
+        -d 992 -c 2d -tr $tr -f 0 -device $dev > "$work/predict_graphs.log" 2>&1 \
+        || tail -20 "$work/predict_graphs.log" | tee -a "$OUT/log.txt"
+      echo "$tr: the same with DANIE_cuda_graphs=t: $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $start}") s" \
+        >> "$OUT/e2e_times.txt"
+      $PY -c "
+import SimpleITK as sitk, numpy as np
+a, b = (sitk.GetArrayFromImage(sitk.ReadImage('$work/' + d + '/volume.nii.gz')) for d in ('pred_$tr', 'pred_graphs'))
+print('$tr: segmentation with CUDA graphs equal to eager in %.4f %% of voxels' % (100 * np.mean(a == b)))
+" >> "$OUT/e2e_times.txt" 2>&1
+    fi
   done
   cat "$OUT/e2e_times.txt"
 fi

@@ -3,7 +3,9 @@
 For each model and (patch, batch): a full training step with the trainer's loss and optimiser (DANIE: 0.7 Dice
 + 0.3 CE on the four heads, AdamW; U-Net: nnU-Net's Dice + CE with its deep-supervision weights, SGD 0.99
 nesterov), gradient clipping at 12 as nnU-Net does; then inference throughput as nnU-Net's predictor runs it
-(eval, no grad, deep supervision off, fp16 autocast on CUDA). Prints a Markdown table.
+(eval, no grad, deep supervision off, fp16 autocast on CUDA), at the row's batch and on single tiles (batch 1,
+inference mode: what nnU-Net's predictor runs, one call per tile and mirrored copy), DANIE also with CUDA graphs
+(`cuda_graphs.py`, checked against its eager output). Prints a Markdown table.
 
 Achieved TFLOP/s counts 3x the forward FLOPs per training step (forward + backward) and 1x for inference;
 forward FLOPs come from torch's FlopCounterMode (the heads' upsampling counted as in `cost.py`). This tool
@@ -20,6 +22,7 @@ from functools import partial
 from typing import Callable, List, Optional, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .compiled import backward_outside_autocast
 
@@ -42,6 +45,8 @@ CHECK_FACTOR = 2.0
 CHECK_FLOOR = 1e-3
 CPU_DTYPE = torch.float64
 CPU_CHECK_FLOOR = 1e-6
+# CUDA graphs replay the eager forward's kernels: their fp16 output must match the eager one to rounding
+GRAPHS_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -56,6 +61,9 @@ class BenchRow:
     peak_gib: float
     infer_slices_s: float
     infer_tflops: float
+    tile_ops: int
+    tiles_s: float
+    tiles_s_graphs: float  # -1: not measured (the U-Net, CPU)
     check: str = "reference"
 
     def cells(self, peak: Optional[float]) -> List[str]:
@@ -63,11 +71,13 @@ class BenchRow:
         return [self.model, self.mode, f"{self.patch}x{self.patch}", str(self.batch), f"{self.train_ms:.1f}",
                 f"{self.train_slices_s:.1f}", f"{self.train_tflops:.3g}", share,
                 f"{self.peak_gib:.2f}" if self.peak_gib >= 0 else "n/a", f"{self.infer_slices_s:.1f}",
-                f"{self.infer_tflops:.3g}", self.check]
+                f"{self.infer_tflops:.3g}", str(self.tile_ops), f"{self.tiles_s:.1f}",
+                f"{self.tiles_s_graphs:.1f}" if self.tiles_s_graphs >= 0 else "n/a", self.check]
 
 
 HEADER = ["model", "mode", "patch", "batch", "train step ms", "train slices/s", "train TFLOP/s", "share of peak",
-          "peak GiB", "inference slices/s", "inference TFLOP/s",
+          "peak GiB", "inference slices/s", "inference TFLOP/s", "operators per tile forward",
+          "predictor tiles/s (batch 1)", "predictor tiles/s, CUDA graphs",
           "check: rel. L2 error vs plain fp32 (CPU: all float64), outputs / grads (plain in the same precision)"]
 
 
@@ -122,6 +132,39 @@ def _timed(fn: Callable[[], None], device: torch.device, warmup: int, iters: int
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+class _OperatorCount(TorchDispatchMode):
+    """Operators dispatched to kernels (views, which launch none, excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def _operators(fn: Callable[[], None]) -> int:
+    with _OperatorCount() as counted:
+        fn()
+    return counted.count
+
+
+def _graphed_tiles(net: torch.nn.Module, tile_step: Callable[[], torch.Tensor], device: torch.device, warmup: int,
+                   iters: int):
+    """Single-tile inference with CUDA graphs: (seconds per tile, check text against the eager output)."""
+    eager = tile_step()
+    net.set_cuda_graphs()
+    try:
+        error = _rel_l2(tile_step(), eager)
+        if net.cuda_graphs.failed:
+            return -1.0, "; graphs: capture failed (eager)"
+        seconds = _timed(tile_step, device, warmup, iters)
+    finally:
+        net.set_cuda_graphs(False)
+    return seconds, f"; graphs {'PASS' if error <= GRAPHS_TOLERANCE else 'FAIL'} {error:.1e}"
 
 
 def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -286,12 +329,25 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
             net(x)
 
     infer_s = _timed(infer_step, device, warmup, iters)
+    tile = x[:1].contiguous()
+
+    def tile_step():  # as nnU-Net's predictor: inference mode, one tile per call
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            return net(tile)
+
+    tile_s = _timed(tile_step, device, warmup, iters)
+    tile_ops = _operators(tile_step)
+    graphs_s = -1.0
+    if model != "U-Net" and device.type == "cuda":
+        graphs_s, graphs_check = _graphed_tiles(net, tile_step, device, warmup, iters)
+        check += graphs_check
     precision = str(train_dtype) if amp else str(next(net.parameters()).dtype)
     mode = f"{_mode_label(compiled, compile_backend)}, {precision.split('.')[-1]}"
     if model != "U-Net" and variant != "plain":
         mode += f", {variant}"
     return BenchRow(label, mode, patch, batch, 1e3 * train_s, batch / train_s, 3 * fwd_flops / train_s / 1e12,
-                    peak, batch / infer_s, fwd_flops / infer_s / 1e12, check)
+                    peak, batch / infer_s, fwd_flops / infer_s / 1e12, tile_ops, 1 / tile_s,
+                    1 / graphs_s if graphs_s > 0 else -1.0, check)
 
 
 def _mode_label(compiled: bool, compile_backend: str) -> str:

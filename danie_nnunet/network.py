@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .config import DANIEConfig, get_config
+from .cuda_graphs import CUDAGraphInference
 from .encoder import HierarchicalAttentionalPerception, create_sap_stream
 from .joint_preservation import JointPreservation, PredictionHeads
 from .layers import InputAdapter
@@ -47,6 +48,7 @@ class DANIE(nn.Module):
         self.cfg, self.in_chans, self.num_classes = cfg, in_chans, num_classes
         self.deep_supervision = deep_supervision
         self.channels_last = False
+        self.cuda_graphs: Optional[CUDAGraphInference] = None
         adapt = cfg.input_adapter == "conv" and in_chans != 3
         self.input_adapter = InputAdapter(in_chans) if adapt else nn.Identity()
         stream_chans = 3 if adapt else in_chans
@@ -63,6 +65,13 @@ class DANIE(nn.Module):
         at the start of `forward`."""
         self.channels_last = bool(enable)
         return self.to(memory_format=torch.channels_last if enable else torch.contiguous_format)
+
+    def set_cuda_graphs(self, enable: bool = True, max_batch: int = 4, max_graphs: int = 4) -> "DANIE":
+        """Replay eval-mode, no-grad forwards of CUDA inputs of at most `max_batch` slices from captured CUDA
+        graphs (`cuda_graphs.py`): the same function with one launch instead of about 800, for nnU-Net's
+        predictor, which runs one tile at a time. Training and autograd forwards are unchanged."""
+        self.cuda_graphs = CUDAGraphInference(max_batch, max_graphs) if enable else None
+        return self
 
     def set_grad_checkpointing(self, enable: bool = True, segments: Sequence[str] = DEFAULT_SEGMENTS) -> List[str]:
         """Recompute the activation-heavy segments in the backward pass (`recompute.py`); timm's method name."""
@@ -130,6 +139,11 @@ class DANIE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         self._check_input(x)
+        if self.cuda_graphs is not None and self.cuda_graphs.applies(self, x):
+            return self.cuda_graphs(self, self._forward, x, extra=(self.deep_supervision, self.channels_last))
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         if self.channels_last:
             x = _channels_last(x)
         x = self.input_adapter(x)

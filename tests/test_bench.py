@@ -20,7 +20,9 @@ def test_bench_prints_a_checked_row_per_model_mode_and_variant(tmp_path):
     assert rows[2][1].endswith("cl+rc") and out.read_text().strip() == table.strip()
     for row in rows:
         assert float(row[4]) > 0 and float(row[5]) > 0 and float(row[6]) > 0 and float(row[9]) > 0
-    assert rows[0][11] == "reference" and all(r[11].startswith("PASS") for r in rows[1:])
+        assert float(row[12]) > 0 and row[13] == "n/a"  # single tiles; CUDA graphs only on a GPU
+    assert 0 < int(rows[0][11]) < int(rows[1][11])  # operators per forward: DANIE launches more than the U-Net
+    assert rows[0][-1] == "reference" and all(r[-1].startswith("PASS") for r in rows[1:])
 
 
 def test_bench_check_fails_a_fast_path_that_changes_the_function(monkeypatch):
@@ -35,7 +37,7 @@ def test_bench_check_fails_a_fast_path_that_changes_the_function(monkeypatch):
     monkeypatch.setattr(bench, "build_danie", broken)
     rows = _rows(run_bench("cpu", configs=[(64, 1)], models=("S",), compile_modes=(False,), warmup=0, iters=1,
                            variants=("plain", "cl")))
-    assert rows[0][11].startswith("PASS") and rows[1][11].startswith("FAIL")
+    assert rows[0][-1].startswith("PASS") and rows[1][-1].startswith("FAIL")
     with pytest.raises(AssertionError, match="MISMATCH"):
         check_fast_paths("cpu", model="S", patch=64, batch=1, compile_check=False, variants=("cl",))
 

@@ -9,6 +9,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from danie_nnunet import create_danie
 from danie_nnunet.memory import estimate_training_memory
 from danie_nnunet.trainers import DANIETrainer, DANIETrainer_recompute, DANIETrainer_S
+from danie_nnunet.trainers.danie_trainer import DANIEConfigurationError
 
 
 def _bare(cls):
@@ -27,6 +28,22 @@ def test_compile_only_when_nnunet_compile_asks(monkeypatch, env, expected):
     else:
         monkeypatch.setenv("nnUNet_compile", env)
     assert DANIETrainer._do_i_compile(_bare(DANIETrainer)) is expected
+
+
+def test_a_misspelt_switch_is_refused_with_the_values_it_takes(monkeypatch):
+    monkeypatch.setenv("nnUNet_compile", "yes")
+    with pytest.raises(DANIEConfigurationError, match="nnUNet_compile='yes' is neither on"):
+        DANIETrainer._do_i_compile(_bare(DANIETrainer))
+
+
+@pytest.mark.parametrize("env, expected", [(None, False), ("t", True), ("F", False)])
+def test_cuda_graph_inference_only_when_danie_cuda_graphs_asks(monkeypatch, env, expected):
+    if env is None:
+        monkeypatch.delenv("DANIE_cuda_graphs", raising=False)
+    else:
+        monkeypatch.setenv("DANIE_cuda_graphs", env)
+    net = DANIETrainer_S.build_network_architecture(None, types.SimpleNamespace(patch_size=[64, 64]), 1, 3)
+    assert (net.cuda_graphs is not None) is expected
 
 
 def test_networks_are_built_channels_last_and_recompute_only_in_its_variant():

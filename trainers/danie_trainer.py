@@ -12,7 +12,8 @@ Changes against nnUNetTrainer, nothing else:
 - speed (issue 4, docs/performance.md): channels-last memory format and fused AdamW; no torch.compile unless
   nnUNet_compile=t is set (on an H200 compiled DANIE-L was slower than eager channels-last and failed the
   same-function check; when compiled, the backward is traced outside autocast, as eager autograd runs it);
-  activation recomputation when the planned batch would not fit the card.
+  activation recomputation when the planned batch would not fit the card; with DANIE_cuda_graphs=t, inference
+  replays CUDA graphs of single tiles (off by default until checked on a GPU).
 Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
 are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
 ones stop the run (nonfinite_guard.py).
@@ -44,6 +45,9 @@ from .atomic_checkpoint import remove_partial_writes, write_atomically
 from .nonfinite_guard import NonFiniteLossError, NonFiniteStepGuard
 
 NUM_HEADS = 4
+# DANIE_cuda_graphs=t: inference (nnUNetv2_predict, the final validation) replays captured CUDA graphs of single
+# tiles (danie_nnunet/cuda_graphs.py); off by default until a GPU run has checked them against eager inference
+CUDA_GRAPHS_ENV = "DANIE_cuda_graphs"
 
 
 class DANIEConfigurationError(RuntimeError):
@@ -79,6 +83,18 @@ def fit_plans_to_danie(plans: dict, configuration: str, cfg: DANIEConfig) -> str
             f"{rounded} (DANIE needs multiples of 32; nnU-Net pads smaller images)")
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off environment variable in nnU-Net's spelling (t/true/1, f/false/0); unset or empty: `default`."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("true", "1", "t"):
+        return True
+    if value in ("false", "0", "f"):
+        return False
+    raise DANIEConfigurationError(f"{name}={os.environ[name]!r} is neither on (t, true, 1) nor off (f, false, 0)")
+
+
 def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
     """The DANIE module under DDP and torch.compile wrappers."""
     if isinstance(network, torch.nn.parallel.DistributedDataParallel):
@@ -102,6 +118,7 @@ class DANIETrainer(nnUNetTrainer):
     # recomputation of the activation-heavy segments in the backward pass (DANIETrainer_recompute)
     channels_last = True
     recompute = False
+    cuda_graphs = False  # DANIE_cuda_graphs overrides it
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -134,6 +151,8 @@ class DANIETrainer(nnUNetTrainer):
             network.set_channels_last()
         if cls.recompute:  # training only: eval-mode and no-grad forwards are unchanged
             network.set_grad_checkpointing()
+        if env_flag(CUDA_GRAPHS_ENV, cls.cuda_graphs):  # eval-mode, no-grad CUDA forwards only
+            network.set_cuda_graphs()
         return network
 
     def initialize(self):
@@ -157,8 +176,7 @@ class DANIETrainer(nnUNetTrainer):
 
     def _do_i_compile(self) -> bool:
         # nnU-Net compiles by default on CUDA; DANIE only when nnUNet_compile asks for it (see the module docstring)
-        asked = os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t")
-        return asked and super()._do_i_compile()
+        return env_flag("nnUNet_compile", False) and super()._do_i_compile()
 
     def _configure_compile(self) -> None:
         if not self._do_i_compile():
