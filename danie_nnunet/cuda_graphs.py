@@ -14,9 +14,10 @@ weights with load_state_dict, which copies in place). Weights that are replaced 
 the network's output mode are a new signature and a new capture. Each call returns copies of the graph's static
 outputs (the predictor adds the mirrored predictions into the first one in place).
 
-Used only where it applies: eval mode, no autograd, CUDA inputs of at most `max_batch` slices, outside
-torch.compile (which has its own graphs) and outside another capture. A forward that cannot be captured warns once
-and then runs eagerly.
+Used only where it applies: eval mode, no autograd, CUDA inputs of at most `max_batch` slices (default 1: the
+predictor's tiles; a graph keeps its forward's memory, which training's validation batches should not hold on
+to), outside torch.compile (which has its own graphs) and outside another capture. A forward that cannot be
+captured warns once and then runs eagerly.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ class CUDAGraphInference:
     Not part of the module's state: copies (deepcopy, pickle) start with an empty cache and the same settings.
     """
 
-    def __init__(self, max_batch: int = 4, max_graphs: int = 4):
+    def __init__(self, max_batch: int = 1, max_graphs: int = 4):
         if max_batch < 1 or max_graphs < 1:
             raise ValueError(f"max_batch and max_graphs must be >= 1, got {max_batch} and {max_graphs}")
         self.max_batch, self.max_graphs = max_batch, max_graphs

@@ -66,7 +66,7 @@ class DANIE(nn.Module):
         self.channels_last = bool(enable)
         return self.to(memory_format=torch.channels_last if enable else torch.contiguous_format)
 
-    def set_cuda_graphs(self, enable: bool = True, max_batch: int = 4, max_graphs: int = 4) -> "DANIE":
+    def set_cuda_graphs(self, enable: bool = True, max_batch: int = 1, max_graphs: int = 4) -> "DANIE":
         """Replay eval-mode, no-grad forwards of CUDA inputs of at most `max_batch` slices from captured CUDA
         graphs (`cuda_graphs.py`): the same function with one launch instead of about 800, for nnU-Net's
         predictor, which runs one tile at a time. Training and autograd forwards are unchanged."""

@@ -52,9 +52,9 @@ def net():
     return network
 
 
-def _graphed(net, cache=_CPUGraphs):
+def _graphed(net, cache=_CPUGraphs, max_batch=1):
     graphed = copy.deepcopy(net)
-    graphed.set_cuda_graphs()
+    graphed.set_cuda_graphs(max_batch=max_batch)
     graphed.cuda_graphs = cache(graphed.cuda_graphs.max_batch, graphed.cuda_graphs.max_graphs)
     return graphed
 
@@ -74,7 +74,7 @@ def test_graphed_inference_returns_the_eager_outputs_as_copies(net):
 
 
 def test_a_new_signature_is_a_new_capture_and_the_oldest_is_dropped(net):
-    graphed = _graphed(net)
+    graphed = _graphed(net, max_batch=2)
     graphed.cuda_graphs.max_graphs = 2
     with torch.no_grad():
         graphed(torch.randn(1, 1, 64, 64))
