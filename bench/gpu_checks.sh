@@ -6,6 +6,10 @@
 #
 # Here, before the calls (builds .whl/ with nnU-Net's packages and this package's wheel):
 #   bash ../shared/device/prepare-wheels.sh && python3 -m pip wheel -q --no-deps -w .whl .
+# A session's 15 minutes of device time (machine start included) hold `first`, then `e2e` if time is left:
+# first (about 9 min): the eager channels-last rows with single-tile and CUDA graph columns, then the compiled
+#   DANIE-L (checked first) and the compiled U-Net, all at 512x12: every ratio of issue 4's targets, same card
+#   run(command="bash bench/gpu_checks.sh first", carry=[".whl"], timeout_s=590)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
 # compile (about 7 min): graph breaks, then the compiled table (DANIE-L first, with its check)
@@ -37,7 +41,11 @@ else
   big=512x12; small=256x24; device=auto; it="--warmup 3 --iters 10"
 fi
 bench="$PY -m danie_nnunet.cli bench --device $device $it"
-if [ "$mode" = bench ]; then
+if [ "$mode" = first ]; then
+  step bench_eager 130 $bench --configs $big --models U-Net,S,L --modes eager --variants cl --out "$OUT/bench_eager.md"
+  step bench_compile 400 $bench --configs $big --models L,U-Net --modes compile --variants cl \
+       --out "$OUT/bench_compile.md"
+elif [ "$mode" = bench ]; then
   step bench_eager 250 $bench --configs $big --models U-Net,S,L --modes eager --variants plain,cl,cl+rc \
        --out "$OUT/bench_eager.md"
   step bench_eager_small 100 $bench --configs $small --models U-Net,S,L --modes eager --variants cl \

@@ -113,8 +113,9 @@ class CUDAGraphInference:
         return x.is_cuda and not torch.cuda.is_current_stream_capturing()
 
     def applies(self, module: nn.Module, x: torch.Tensor) -> bool:
-        return (not self.failed and not module.training and not torch.is_grad_enabled()
-                and x.shape[0] <= self.max_batch and not torch.compiler.is_compiling() and self._device_supported(x))
+        # is_compiling first: under torch.compile (nnUNet_compile=t) the answer is a constant False for Dynamo
+        return (not torch.compiler.is_compiling() and not self.failed and not module.training
+                and not torch.is_grad_enabled() and x.shape[0] <= self.max_batch and self._device_supported(x))
 
     def weights(self, module: nn.Module) -> Tuple[int, ...]:
         # their addresses: a graph reads the memory it was captured on, so new tensors need new captures. The

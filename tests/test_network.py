@@ -71,7 +71,13 @@ def test_compiles_as_one_graph_without_breaks(fast):
     if fast:  # as the trainers run it: channels-last, recomputation, bf16 autocast (ES switches it off inside)
         net.set_channels_last()
         net.set_grad_checkpointing()
+        net.set_cuda_graphs()  # DANIE_cuda_graphs=t: switched off under torch.compile without a break
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
         explanation = torch._dynamo.explain(net)(torch.randn(2, 1, 64, 64))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+    if fast:  # and as nnU-Net's predictor runs a compiled network: eval, inference mode, one tile
+        torch._dynamo.reset()
+        with torch.inference_mode():
+            explanation = torch._dynamo.explain(net.eval())(torch.randn(1, 1, 64, 64))
+        assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
