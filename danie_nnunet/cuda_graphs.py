@@ -76,11 +76,16 @@ def capture_cuda_graph(forward: Callable[[torch.Tensor], Any], x: torch.Tensor) 
         with torch.cuda.stream(side), autocast():
             for _ in range(WARMUP_RUNS):
                 forward(static_input)
-        torch.cuda.current_stream().wait_stream(side)
+        caller = torch.cuda.current_stream()
+        caller.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: CUDA calls of other threads (pinned-memory copies of a data loader) may go on meanwhile
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"), autocast():
-            static_output = forward(static_input)
+        try:
+            # thread_local: CUDA calls of other threads (pinned-memory copies of a data loader) may go on meanwhile
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"), autocast():
+                static_output = forward(static_input)
+        except BaseException:
+            torch.cuda.set_stream(caller)  # a failed capture_end leaves torch.cuda.graph's capture stream current
+            raise
     return CapturedForward(static_input, _GraphOnItsDevice(graph, x.device), static_output)
 
 
