@@ -71,12 +71,11 @@ def capture_cuda_graph(forward: Callable[[torch.Tensor], Any], x: torch.Tensor) 
 
     with torch.cuda.device(x.device):
         static_input = torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        caller, side = torch.cuda.current_stream(), torch.cuda.Stream()
+        side.wait_stream(caller)
         with torch.cuda.stream(side), autocast():
             for _ in range(WARMUP_RUNS):
                 forward(static_input)
-        caller = torch.cuda.current_stream()
         caller.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
