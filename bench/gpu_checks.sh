@@ -2,21 +2,23 @@
 # Issue 4's GPU checks, one device call per mode; results are written under $OUT (at most 8 files come back).
 # Every DANIE row of the tables is first checked against the plain network in fp32 (same weights, input and loss:
 # relative L2 error of outputs and gradients at most 2x the plain network's own bf16 error + 1e-3), then timed.
-# Timings of the first run (H200, 2026-11-26): a DANIE row takes about 20 s, compiling DANIE-L over 3 minutes.
+# Timings: a DANIE row takes about 20 s on the H200 without the single-tile columns, 60 s or more with them on a
+# cold H100 (cuDNN autotunes each new shape; every bench row now logs how long it took); compiling DANIE-L takes
+# over 3 minutes; the compile step below took about 6 minutes on the H100 (2026-11-26).
 #
 # Here, before the calls (builds .whl/ with nnU-Net's packages and this package's wheel):
 #   bash ../shared/device/prepare-wheels.sh && python3 -m pip wheel -q --no-deps -w .whl .
-# A session's 15 minutes of device time (machine start included) hold `first`, then `e2e` if time is left:
-# first (about 9 min): the eager channels-last rows with single-tile and CUDA graph columns, then the compiled
-#   DANIE-L (checked first) and the compiled U-Net, all at 512x12: every ratio of issue 4's targets, same card
-#   run(command="bash bench/gpu_checks.sh first", carry=[".whl"], timeout_s=590)
-# bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
-#   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
+# A session's 15 minutes of device time (machine start about 30 s) hold e2e, then eager:
+# e2e (about 6 min): nnUNetv2_train epoch time and nnUNetv2_predict seconds, DANIE-L vs nnU-Net; DANIE-L's predict
+#   runs with CUDA graphs (the trainer's default) and again without (DANIE_cuda_graphs=f), segmentations compared
+#   run(command="bash bench/gpu_checks.sh e2e", carry=[".whl"], timeout_s=480)
+# eager (about 4 min): the eager channels-last rows of U-Net, S and L at 512x12 with single-tile and CUDA graph
+#   columns (DANIE's default training and inference, and nnU-Net's eager U-Net, on one card)
+#   run(command="bash bench/gpu_checks.sh eager", carry=[".whl"], timeout_s=300)
 # compile (about 7 min): graph breaks, then the compiled table (DANIE-L first, with its check)
 #   run(command="bash bench/gpu_checks.sh compile", carry=[".whl"], timeout_s=540)
-# e2e (about 5 min): nnUNetv2_train epoch time and nnUNetv2_predict seconds, DANIE-L vs nnU-Net, DANIE-L's predict
-#   also with CUDA graphs (DANIE_cuda_graphs=t) and its segmentation compared with the eager one
-#   run(command="bash bench/gpu_checks.sh e2e", carry=[".whl"], timeout_s=420)
+# bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
+#   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
 # SMALL=1 shrinks every size so the script itself can be tried on a CPU.
 set -uo pipefail
 mode=${1:-bench}
@@ -41,10 +43,11 @@ else
   big=512x12; small=256x24; device=auto; it="--warmup 3 --iters 10"
 fi
 bench="$PY -m danie_nnunet.cli bench --device $device $it"
-if [ "$mode" = first ]; then
-  step bench_eager 130 $bench --configs $big --models U-Net,S,L --modes eager --variants cl --out "$OUT/bench_eager.md"
-  step bench_compile 400 $bench --configs $big --models L,U-Net --modes compile --variants cl \
-       --out "$OUT/bench_compile.md"
+if [ "$mode" = eager ]; then
+  # rows that would start after 200 s are listed as skipped instead of the step being cut (the old `first` mode,
+  # this step plus compile's second in one call, gave it 130 s: on a cold H100 it ended after the U-Net row)
+  step bench_eager 280 $bench --configs $big --models U-Net,S,L --modes eager --variants cl --time-budget 200 \
+       --out "$OUT/bench_eager.md"
 elif [ "$mode" = bench ]; then
   step bench_eager 250 $bench --configs $big --models U-Net,S,L --modes eager --variants plain,cl,cl+rc \
        --out "$OUT/bench_eager.md"
@@ -70,32 +73,45 @@ p = write_dataset(os.environ["nnUNet_raw"], 992, "Bench512", num_train=10, num_t
 image, label = make_case(np.random.default_rng(1), $test_shape)
 _write(image, (2.5, 0.76, 0.76), os.path.join(p["imagesTs"], "volume_0000.nii.gz"))
 PYEOF
-  step plan 50 nnUNetv2_plan_and_preprocess -d 992 -c 2d -np 8 -npfp 8
+  step plan 100 nnUNetv2_plan_and_preprocess -d 992 -c 2d -np 8 -npfp 8
+  # each log line of nnUNetv2_predict gets the seconds since its start: start-up, sliding window, export
+  stamp='import sys, time
+t0 = time.time()
+for line in sys.stdin:
+    sys.stdout.write("%6.1f s  %s" % (time.time() - t0, line))'
+  predict() {  # what, limit, output folder, then VAR=value settings: one timed nnUNetv2_predict of the test volume
+    local what=$1 limit=$2 dir=$work/$3 start=$EPOCHREALTIME rc result; shift 3
+    env "$@" timeout "$limit" nnUNetv2_predict -i $nnUNet_raw/Dataset992_Bench512/imagesTs -o "$dir" -d 992 -c 2d \
+      -tr $tr -f 0 -device $dev 2>&1 | $PY -u -c "$stamp" > "$dir.log"
+    rc=${PIPESTATUS[0]}
+    result="$(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $start}") s"
+    if [ "$rc" != 0 ]; then  # a failed or cut run's time is no measurement
+      result="FAILED (exit $rc$([ "$rc" = 124 ] && echo ", past its ${limit} s limit")) after $result"
+      tail -c 3000 "$dir.log" | tee -a "$OUT/log.txt"
+    fi
+    echo "$tr: nnUNetv2_predict of one volume $test_shape with mirroring, $what: $result; phases: $(grep -o \
+      '^ *[0-9.]* s  \(Predicting volume\|sending off\|Segmentation export complete\)' "$dir.log" | paste -sd ';')" \
+      >> "$OUT/e2e_times.txt"
+  }
   for tr in DANIETrainer_bench nnUNetTrainer_bench; do  # DANIE first: its numbers matter most if time runs out
-    [ $tr = DANIETrainer_bench ] && limit=160 || limit=70
+    [ $tr = DANIETrainer_bench ] && limit=160 || limit=150  # nnUNetTrainer compiles the U-Net in its first epoch
     step "train_$tr" $limit nnUNetv2_train 992 2d 0 -tr $tr -device $dev
     run=$nnUNet_results/Dataset992_Bench512/${tr}__nnUNetPlans__2d
     # both epochs; the second is the timed one
     echo "$tr: $(grep -ho "'batch_size': [0-9]*\|'patch_size': \[[0-9, ]*\]\|Epoch time: [0-9.]* s" \
       $run/fold_0/training_log_*.txt | paste -sd ';')" \
       >> "$OUT/e2e_times.txt"
-    start=$EPOCHREALTIME
-    timeout 45 nnUNetv2_predict -i $nnUNet_raw/Dataset992_Bench512/imagesTs -o $work/pred_$tr -d 992 -c 2d -tr $tr \
-      -f 0 -device $dev > "$work/predict_$tr.log" 2>&1 || tail -20 "$work/predict_$tr.log" | tee -a "$OUT/log.txt"
-    echo "$tr: nnUNetv2_predict of one volume $test_shape with mirroring: $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $start}") s" \
-      >> "$OUT/e2e_times.txt"
-    if [ $tr = DANIETrainer_bench ]; then  # again with CUDA graphs (danie_nnunet/cuda_graphs.py), same output?
-      start=$EPOCHREALTIME
-      DANIE_cuda_graphs=t timeout 45 nnUNetv2_predict -i $nnUNet_raw/Dataset992_Bench512/imagesTs -o $work/pred_graphs \
-        -d 992 -c 2d -tr $tr -f 0 -device $dev > "$work/predict_graphs.log" 2>&1 \
-        || tail -20 "$work/predict_graphs.log" | tee -a "$OUT/log.txt"
-      echo "$tr: the same with DANIE_cuda_graphs=t: $(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $start}") s" \
-        >> "$OUT/e2e_times.txt"
+    if [ $tr = DANIETrainer_bench ]; then
+      # the trainer's default replays CUDA graphs of single tiles (danie_nnunet/cuda_graphs.py); eager for comparison
+      predict "CUDA graphs (default)" 120 pred_graphs
+      predict "eager (DANIE_cuda_graphs=f)" 120 pred_eager DANIE_cuda_graphs=f
       $PY -c "
 import SimpleITK as sitk, numpy as np
-a, b = (sitk.GetArrayFromImage(sitk.ReadImage('$work/' + d + '/volume.nii.gz')) for d in ('pred_$tr', 'pred_graphs'))
+a, b = (sitk.GetArrayFromImage(sitk.ReadImage('$work/' + d + '/volume.nii.gz')) for d in ('pred_graphs', 'pred_eager'))
 print('$tr: segmentation with CUDA graphs equal to eager in %.4f %% of voxels' % (100 * np.mean(a == b)))
 " >> "$OUT/e2e_times.txt" 2>&1
+    else
+      predict "nnU-Net's default" 90 pred_unet
     fi
   done
   cat "$OUT/e2e_times.txt"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -429,6 +430,7 @@ def run_bench(device: str = "auto", configs: Sequence[tuple] = ((512, 12), (256,
                         lines.append(f"| {model} | {'compile' if compiled else 'eager'}, {variant} | {patch}x{patch} "
                                      f"| {batch} | skipped: past the {time_budget:.0f} s budget |")
                         continue
+                    row_started = time.perf_counter()
                     try:
                         row = bench_row(model, variant, patch, batch, in_chans, num_classes, dev, compiled, warmup,
                                         iters, amp_dtype, compile_backend)
@@ -441,6 +443,8 @@ def run_bench(device: str = "auto", configs: Sequence[tuple] = ((512, 12), (256,
                         with open(out, "w") as f:
                             f.write(table() + "\n")
                     print(lines[-1], flush=True)
+                    # how long each row took (checks, cuDNN's autotuning, compiling): sizes the GPU script's limits
+                    print(f"  row took {time.perf_counter() - row_started:.0f} s", file=sys.stderr, flush=True)
     return table()
 
 

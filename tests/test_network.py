@@ -71,7 +71,7 @@ def test_compiles_as_one_graph_without_breaks(fast):
     if fast:  # as the trainers run it: channels-last, recomputation, bf16 autocast (ES switches it off inside)
         net.set_channels_last()
         net.set_grad_checkpointing()
-        net.set_cuda_graphs()  # DANIE_cuda_graphs=t: switched off under torch.compile without a break
+        net.set_cuda_graphs()  # as the trainers build it: switched off under torch.compile without a break
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
         explanation = torch._dynamo.explain(net)(torch.randn(2, 1, 64, 64))
     assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -1,5 +1,5 @@
-"""DANIETrainer's speed settings (issue 4): no torch.compile unless asked, channels-last networks, fused AdamW,
-and recomputation when the planned batch would not fit the card."""
+"""DANIETrainer's speed settings (issue 4): no torch.compile unless asked, channels-last networks, CUDA graph
+inference unless turned off, fused AdamW, and recomputation when the planned batch would not fit the card."""
 import types
 
 import pytest
@@ -36,8 +36,8 @@ def test_a_misspelt_switch_is_refused_with_the_values_it_takes(monkeypatch):
         DANIETrainer._do_i_compile(_bare(DANIETrainer))
 
 
-@pytest.mark.parametrize("env, expected", [(None, False), ("t", True), ("F", False)])
-def test_cuda_graph_inference_only_when_danie_cuda_graphs_asks(monkeypatch, env, expected):
+@pytest.mark.parametrize("env, expected", [(None, True), ("", True), ("t", True), ("F", False), ("0", False)])
+def test_cuda_graph_inference_is_on_unless_danie_cuda_graphs_turns_it_off(monkeypatch, env, expected):
     if env is None:
         monkeypatch.delenv("DANIE_cuda_graphs", raising=False)
     else:

@@ -9,11 +9,13 @@ Changes against nnUNetTrainer, nothing else:
 - AdamW, lr 1e-4, weight decay 1e-4, constant learning rate (CASCADE/MERIT lineage);
 - on CUDA, autocast runs in bf16 where the card supports it (no GradScaler needed), else nnU-Net's fp16;
 - ImageNet MaxViT weights are loaded from $DANIE_PRETRAINED when training starts (never at inference);
-- speed (issue 4, docs/performance.md): channels-last memory format and fused AdamW; no torch.compile unless
-  nnUNet_compile=t is set (on an H200 compiled DANIE-L was slower than eager channels-last and failed the
-  same-function check; when compiled, the backward is traced outside autocast, as eager autograd runs it);
-  activation recomputation when the planned batch would not fit the card; with DANIE_cuda_graphs=t, inference
-  replays CUDA graphs of single tiles (off by default until checked on a GPU).
+- speed (issue 4, docs/performance.md): channels-last memory format and fused AdamW; inference
+  (nnUNetv2_predict, the final validation) replays a captured CUDA graph per single-tile signature (on an H100
+  2.85x the eager single-tile throughput of DANIE-L, output identical; DANIE_cuda_graphs=f turns it off); no
+  torch.compile unless nnUNet_compile=t is set (compiling DANIE-L takes minutes; on an H100 the compiled DANIE-L,
+  with its backward traced outside autocast as eager autograd runs it, passed the same-function check, but it
+  has not been timed against eager on the same card); activation recomputation when the planned batch would
+  not fit the card.
 Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
 are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
 ones stop the run (nonfinite_guard.py).
@@ -45,8 +47,8 @@ from .atomic_checkpoint import remove_partial_writes, write_atomically
 from .nonfinite_guard import NonFiniteLossError, NonFiniteStepGuard
 
 NUM_HEADS = 4
-# DANIE_cuda_graphs=t: inference (nnUNetv2_predict, the final validation) replays captured CUDA graphs of single
-# tiles (danie_nnunet/cuda_graphs.py); off by default until a GPU run has checked them against eager inference
+# Inference (nnUNetv2_predict, the final validation) replays captured CUDA graphs of single tiles
+# (danie_nnunet/cuda_graphs.py; checked against eager inference on an H100); DANIE_cuda_graphs=f turns it off
 CUDA_GRAPHS_ENV = "DANIE_cuda_graphs"
 
 
@@ -118,7 +120,7 @@ class DANIETrainer(nnUNetTrainer):
     # recomputation of the activation-heavy segments in the backward pass (DANIETrainer_recompute)
     channels_last = True
     recompute = False
-    cuda_graphs = False  # DANIE_cuda_graphs overrides it
+    cuda_graphs = True  # DANIE_cuda_graphs overrides it
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -180,8 +182,8 @@ class DANIETrainer(nnUNetTrainer):
 
     def _configure_compile(self) -> None:
         if not self._do_i_compile():
-            self.print_to_log_file("DANIE: torch.compile is off (measured slower than eager channels-last for DANIE "
-                                   "and not yet checked on a GPU, docs/performance.md); nnUNet_compile=t turns it on")
+            self.print_to_log_file("DANIE: torch.compile is off (compiling DANIE takes minutes and is not yet timed "
+                                   "against eager on one card, docs/performance.md); nnUNet_compile=t turns it on")
         elif trace_backward_outside_autocast():
             self.print_to_log_file("DANIE: compiled backward passes are traced outside autocast, as eager autograd "
                                    "runs them (danie_nnunet/compiled.py)")
