@@ -150,7 +150,8 @@ class CUDAGraphInference:
             except Exception as e:  # noqa: BLE001 - any capture failure: eager from now on, said once
                 self.failed = True
                 self.graphs.clear()
-                warnings.warn(f"DANIE: CUDA graph capture failed ({type(e).__name__}: {e}); inference runs eagerly",
+                warnings.warn(f"DANIE: CUDA graph capture failed ({type(e).__name__}: {e}); inference runs eagerly "
+                              f"(same results; DANIE_cuda_graphs=f makes the DANIE trainers skip the attempt)",
                               RuntimeWarning, stacklevel=3)
                 return forward(x)
             self.captures += 1
