@@ -8,13 +8,14 @@
 #
 # Here, before the calls (builds .whl/ with nnU-Net's packages and this package's wheel):
 #   bash ../shared/device/prepare-wheels.sh && python3 -m pip wheel -q --no-deps -w .whl .
-# A session's 15 minutes of device time (machine start about 30 s) hold e2e, then eager:
+# A session's 15 minutes of device time (machine start about 30 s) hold eager, then e2e:
+# eager (about 6 min): the eager channels-last rows of U-Net, L and S at 512x12 with single-tile and CUDA graph
+#   columns (DANIE's default training and inference, and nnU-Net's eager U-Net, on one card), and L with as
+#   little recomputation as fits 12 GiB (cl+fit12) and with its LayerNorms in bf16 (cl+fn)
+#   run(command="bash bench/gpu_checks.sh eager", carry=[".whl"], timeout_s=380)
 # e2e (about 6 min): nnUNetv2_train epoch time and nnUNetv2_predict seconds, DANIE-L vs nnU-Net; DANIE-L's predict
 #   runs with CUDA graphs (the trainer's default) and again without (DANIE_cuda_graphs=f), segmentations compared
-#   run(command="bash bench/gpu_checks.sh e2e", carry=[".whl"], timeout_s=480)
-# eager (about 4 min): the eager channels-last rows of U-Net, S and L at 512x12 with single-tile and CUDA graph
-#   columns (DANIE's default training and inference, and nnU-Net's eager U-Net, on one card)
-#   run(command="bash bench/gpu_checks.sh eager", carry=[".whl"], timeout_s=300)
+#   run(command="bash bench/gpu_checks.sh e2e", carry=[".whl"], timeout_s=480 or what is left)
 # compile (about 7 min): graph breaks, then the compiled table (DANIE-L first, with its check)
 #   run(command="bash bench/gpu_checks.sh compile", carry=[".whl"], timeout_s=540)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
@@ -46,8 +47,12 @@ bench="$PY -m danie_nnunet.cli bench --device $device $it"
 if [ "$mode" = eager ]; then
   # rows that would start after 200 s are listed as skipped instead of the step being cut (the old `first` mode,
   # this step plus compile's second in one call, gave it 130 s: on a cold H100 it ended after the U-Net row)
-  step bench_eager 280 $bench --configs $big --models U-Net,S,L --modes eager --variants cl --time-budget 200 \
-       --out "$OUT/bench_eager.md"
+  # L's eager row answers whether compiling pays; cl+fit12 recomputes as little as fits 12 GiB (memory.py's plan:
+  # issue 4's memory target at its cost), cl+fn runs MaxViT's LayerNorms in bf16; the variants reuse cl's
+  # autotuned shapes in the same process. Then S (new shapes, a new process)
+  step bench_eager 230 $bench --configs $big --models U-Net,L --modes eager --variants cl,cl+fit12,cl+fn \
+       --time-budget 170 --out "$OUT/bench_eager.md"
+  step bench_eager_S 110 $bench --configs $big --models S --modes eager --variants cl --out "$OUT/bench_eager_S.md"
 elif [ "$mode" = bench ]; then
   step bench_eager 250 $bench --configs $big --models U-Net,S,L --modes eager --variants plain,cl,cl+rc \
        --out "$OUT/bench_eager.md"

@@ -36,6 +36,9 @@ VARIANTS = {  # DANIE fast formulations, each the same function as "plain" (chec
     "cl": dict(channels_last=True, recompute=False),  # channels-last memory format
     "rc": dict(channels_last=False, recompute=True),  # activation recomputation (recompute.py)
     "cl+rc": dict(channels_last=True, recompute=True),
+    # as few recomputed segments as fit the row's batch into 12 GiB by memory.py's estimate (DANIE_memory_gib=12)
+    "cl+fit12": dict(channels_last=True, recompute=12.0),
+    "cl+fn": dict(channels_last=True, recompute=False, fast_norm=True),  # MaxViT's LayerNorms in bf16
 }
 # A fast DANIE passes its check when its relative L2 error against the plain network in fp32 is at most
 # CHECK_FACTOR x that of the plain network in bf16 (the noise floor of the precision itself) + CHECK_FLOOR.
@@ -218,16 +221,23 @@ def _outputs_and_grads(step: TrainStep, x: torch.Tensor):
 
 
 def build_danie(model: str, patch: int, in_chans: int, num_classes: int, variant: str = "plain",
-                head_upsample: str = "matmul") -> torch.nn.Module:
-    """DANIE-S/L with deep supervision in a bench variant ('plain' = contiguous NCHW, no recomputation)."""
+                head_upsample: str = "matmul", batch: int = 1) -> torch.nn.Module:
+    """DANIE-S/L with deep supervision in a bench variant ('plain' = contiguous NCHW, no recomputation); a
+    variant with a memory budget recomputes what training at `batch` needs to fit it."""
+    from .memory import plan_recompute
     from .network import create_danie
     net = create_danie(model, (patch, patch), in_chans, num_classes, deep_supervision=True,
                        head_upsample=head_upsample)
     opts = VARIANTS[variant]
     if opts["channels_last"]:
         net.set_channels_last()
-    if opts["recompute"]:
+    if opts.get("fast_norm"):
+        net.set_fast_norm()
+    if opts["recompute"] is True:
         net.set_grad_checkpointing()
+    elif opts["recompute"]:
+        plan = plan_recompute(model, (patch, patch), in_chans, num_classes, batch, opts["recompute"])
+        net.set_grad_checkpointing(segments=plan.segments)
     return net
 
 
@@ -254,7 +264,8 @@ def _danie_training(model: str, variant: str, compiled: bool, patch: int, batch:
     """A DANIE in a bench variant (matmul heads, compiled or not) with DANIETrainer's step, an input and targets."""
     torch.manual_seed(0)
     dtype = torch.float32 if device.type == "cuda" else CPU_DTYPE
-    net = build_danie(model, patch, in_chans, num_classes, variant).to(device=device, dtype=dtype).train()
+    net = build_danie(model, patch, in_chans, num_classes, variant, batch=batch).to(device=device, dtype=dtype)
+    net.train()
     x = torch.randn(batch, in_chans, patch, patch, device=device, dtype=dtype)
     target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
     loss_fn, scales = _losses("danie", 5, compiled)
@@ -379,7 +390,7 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
 def explain_compile(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
                     device: torch.device, amp_dtype: torch.dtype) -> str:
     """torch._dynamo.explain of a training forward (autocast as in training): graphs and graph-break reasons."""
-    net = build_danie(model, patch, in_chans, num_classes, variant).to(device).train()
+    net = build_danie(model, patch, in_chans, num_classes, variant, batch=batch).to(device).train()
     x = torch.randn(batch, in_chans, patch, patch, device=device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
         explanation = torch._dynamo.explain(net)(x)
@@ -485,7 +496,8 @@ def register(subparsers) -> None:
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--variants", default="plain",
                    help=f"DANIE formulations, comma-separated: {', '.join(VARIANTS)} (cl = channels-last, rc = "
-                        "activation recomputation); U-Net rows run as nnU-Net builds them")
+                        "activation recomputation, fit12 = as little recomputation as fits 12 GiB, fn = "
+                        "MaxViT's LayerNorms in bf16); U-Net rows run as nnU-Net builds them")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compile mode, e.g. "
                    "aot_eager to tell AOTAutograd problems from Inductor ones")
     p.add_argument("--explain", action="store_true", help="only list torch.compile's graphs and graph breaks for "

@@ -30,6 +30,16 @@ def cmd_info(args) -> int:
         paper = PAPER_GMACS_256[args.variant]
         print(f"paper (Table 1 'GFLOPs' = GMACs at 256x256): {paper:.2f}; ours {cost.gmacs:.2f} "
               f"({100 * (cost.gmacs / paper - 1):+.1f}%)")
+    if args.batch:
+        from .memory import budget_note, estimate_training_memory, plan_recompute
+        memory = estimate_training_memory(args.variant, args.size, args.in_chans, args.classes)
+        print(f"training memory estimate (bf16, AdamW): {memory.fixed_gib:.2f} GiB + {memory.per_slice_gib:.3f} GiB "
+              f"per slice = {memory.total_gib(args.batch):.1f} GiB at batch {args.batch}")
+        if args.memory_gib:  # what DANIETrainer does with DANIE_memory_gib set to this
+            plan = plan_recompute(args.variant, args.size, args.in_chans, args.classes, args.batch, args.memory_gib)
+            print(f"with DANIE_memory_gib={args.memory_gib:g}: {budget_note(plan)}")
+            if plan.segments:
+                print("recomputed segments: " + ", ".join(plan.segments))
     return 0
 
 
@@ -92,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=(256, 256), help="input size, e.g. 256 or 256x224")
     p.add_argument("--in-chans", type=int, default=3)
     p.add_argument("--classes", type=int, default=9)
+    p.add_argument("--batch", type=int, default=0, help="also estimate the training memory at this batch size")
+    p.add_argument("--memory-gib", type=float, default=0.0, help="with --batch: the segments DANIETrainer recomputes "
+                   "to fit this many GiB (as with DANIE_memory_gib)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("ext-path", help="print the folder for nnU-Net's nnUNet_extTrainer variable")

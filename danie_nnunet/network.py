@@ -66,6 +66,17 @@ class DANIE(nn.Module):
         self.channels_last = bool(enable)
         return self.to(memory_format=torch.channels_last if enable else torch.contiguous_format)
 
+    def set_fast_norm(self, enable: bool = True) -> "DANIE":
+        """Run MaxViT's LayerNorms in the autocast dtype (timm's fast_norm; fp32 statistics inside the kernel).
+        CUDA autocast runs layer_norm in fp32: a bf16 input is cast up, normalised, window-partitioned and cast
+        back down by the next Linear, which rounds the output to bf16 anyway; this skips the fp32 round trip and
+        its saved fp32 copy. The same function to bf16 rounding (the LayerNorm weights are rounded to bf16 as
+        autocast rounds the Linear weights); a bench variant (cl+fn), not a trainer default until it is timed."""
+        for m in self.sap.modules() if self.sap is not None else ():
+            if hasattr(m, "_fast_norm"):  # timm's LayerNorm / LayerNorm2d
+                m._fast_norm = bool(enable)
+        return self
+
     def set_cuda_graphs(self, enable: bool = True, max_batch: int = 1, max_graphs: int = 4) -> "DANIE":
         """Replay eval-mode, no-grad forwards of CUDA inputs of at most `max_batch` slices from captured CUDA
         graphs (`cuda_graphs.py`): the same function with one launch instead of about 800, for nnU-Net's

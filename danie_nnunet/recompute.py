@@ -2,8 +2,10 @@
 
 The same function: forward values and gradients are unchanged. Autograd keeps only the input of each
 recomputed segment and runs the segment again during the backward pass. Most of DANIE's activations sit in the
-first three MaxViT stages and the full- and half-resolution HAP stem: recomputing them took DANIE-L's training
-peak at 512x512, batch 12 from 20.9 to 8.65 GiB on an H200, for 36 % longer steps (docs/performance.md).
+first three MaxViT stages and the full- and half-resolution HAP stem: recomputing them (DEFAULT_SEGMENTS) took
+DANIE-L's training peak at 512x512, batch 12 from 20.9 to 8.65 GiB on an H200, for 36 % longer steps
+(docs/performance.md). The trainers recompute only as much as the card needs: `memory.plan_recompute` picks
+from `recompute_candidates` the segments that save the most memory per byte of recomputed work.
 
 BatchNorm layers update their running statistics once per step, as without recomputation. In eager mode the
 second forward of a segment runs its BatchNorms with momentum 0, so the running statistics and the batch
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterator, Sequence
+import re
+from typing import Iterator, List, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +26,11 @@ from torch.utils.checkpoint import checkpoint
 # the segments that hold most activations in the bench's breakdown (SAP stages 0-2 and the HAP stem,
 # full and half resolution); SAP stage 3 and the decoder are cheap to keep
 DEFAULT_SEGMENTS = ("sap.stages_0", "sap.stages_1", "sap.stages_2", "hap.embed", "hap.stages.0")
+# the finer segments `memory.plan_recompute` chooses from: each MaxViT block's MBConv and its window and grid
+# attention (the MBConv keeps four times as many bytes per byte of recomputed traffic as the attention), the SAP
+# stem, the HAP stem and stages, and the Joint Preservation blocks and aggregations
+_CANDIDATE = re.compile(r"sap\.stem|sap\.stages_\d+\.blocks\.\d+\.(conv|attn_block|attn_grid)|hap\.embed|hap\.stages\.\d+"
+                        r"|joint_preservation\.(blocks|aggregations)\.\d+")
 
 
 @contextlib.contextmanager
@@ -50,6 +58,11 @@ def _checkpointed_forward(module: nn.Module, forward, *args):
         return checkpoint(forward, module, *args, use_reentrant=False)
     return checkpoint(forward, module, *args, use_reentrant=False,
                       context_fn=lambda: (contextlib.nullcontext(), _batchnorm_frozen_statistics(module)))
+
+
+def recompute_candidates(network: nn.Module) -> List[str]:
+    """The segments of `network` that recomputation can choose from, in forward order (none nested in another)."""
+    return [name for name, _ in network.named_modules() if _CANDIDATE.fullmatch(name)]
 
 
 def set_recompute(network: nn.Module, segments: Sequence[str] = DEFAULT_SEGMENTS) -> list:

@@ -28,8 +28,8 @@ def test_bench_prints_a_checked_row_per_model_mode_and_variant(tmp_path):
 def test_bench_check_fails_a_fast_path_that_changes_the_function(monkeypatch):
     build = bench.build_danie
 
-    def broken(model, patch, in_chans, num_classes, variant="plain", head_upsample="matmul"):
-        net = build(model, patch, in_chans, num_classes, variant, head_upsample)
+    def broken(model, patch, in_chans, num_classes, variant="plain", head_upsample="matmul", batch=1):
+        net = build(model, patch, in_chans, num_classes, variant, head_upsample, batch)
         if variant == "cl":  # a "fast path" that adds a constant to one head
             net.heads.heads[0].register_forward_hook(lambda m, i, o: o + 1.0)
         return net
@@ -50,4 +50,4 @@ def test_bench_skips_rows_past_its_time_budget():
 
 def test_fast_paths_match_the_plain_formulation_on_cpu():
     lines = check_fast_paths("cpu", model="S", patch=64, batch=2, compile_check=False)
-    assert lines[-1].endswith("all fast paths match") and sum(" PASS " in line for line in lines) == 4
+    assert lines[-1].endswith("all fast paths match") and sum(" PASS " in line for line in lines) == 6

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from danie_nnunet import create_danie
-from danie_nnunet.recompute import DEFAULT_SEGMENTS, set_recompute
+from danie_nnunet.recompute import DEFAULT_SEGMENTS, recompute_candidates, set_recompute
 
 
 def _train_step(net, x):
@@ -25,10 +25,12 @@ def plain_and_step():
     return net, x, _train_step(copy.deepcopy(net), x)
 
 
-def test_recompute_gives_identical_outputs_gradients_and_batchnorm_statistics(plain_and_step):
+@pytest.mark.parametrize("segments", ["default", "every candidate"])
+def test_recompute_gives_identical_outputs_gradients_and_batchnorm_statistics(plain_and_step, segments):
     net, x, (out, grads, state) = plain_and_step
     fast = copy.deepcopy(net)
-    assert fast.set_grad_checkpointing() == list(DEFAULT_SEGMENTS)
+    segments = DEFAULT_SEGMENTS if segments == "default" else recompute_candidates(fast)
+    assert fast.set_grad_checkpointing(segments=segments) == list(segments)
     out_r, grads_r, state_r = _train_step(fast, x)
     assert torch.equal(out_r, out) and torch.equal(grads_r, grads)
     # the second (recomputing) forward must not move BN running statistics or counters a second time
@@ -96,3 +98,16 @@ def test_channels_last_network_feeds_every_convolution_and_batchnorm_channels_la
             m.register_forward_hook(check)
     net(torch.randn(2, in_chans, 64, 64))
     assert not nchw, nchw
+
+
+def test_fast_norm_switches_every_maxvit_layernorm_and_nothing_else(plain_and_step):
+    net, x, (out, grads, state) = plain_and_step
+    fast = copy.deepcopy(net).set_fast_norm()
+    flags = {name: m._fast_norm for name, m in fast.named_modules() if hasattr(m, "_fast_norm")}
+    maxvit = [f for name, f in flags.items() if name.startswith("sap.")]
+    assert len(maxvit) == 4 * 11 and all(maxvit)  # 11 MaxViT blocks, two attention blocks of two LayerNorms each
+    assert not any(f for name, f in flags.items() if not name.startswith("sap."))  # ES/EH's own norms stay
+    out_f, grads_f, state_f = _train_step(fast, x)  # without autocast it is F.layer_norm itself
+    assert torch.equal(out_f, out) and torch.equal(grads_f, grads) and state_f.keys() == state.keys()
+    assert not any(m._fast_norm for m in fast.set_fast_norm(False).modules() if hasattr(m, "_fast_norm"))
+    assert create_danie("A.2", (64, 64), 1, 2).set_fast_norm().sap is None  # a row without MaxViT: nothing to do

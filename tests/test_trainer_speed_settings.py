@@ -1,5 +1,6 @@
 """DANIETrainer's speed settings (issue 4): no torch.compile unless asked, channels-last networks, CUDA graph
-inference unless turned off, fused AdamW, and recomputation when the planned batch would not fit the card."""
+inference unless turned off, fused AdamW, and as much recomputation as the planned batch needs to fit the card
+(or DANIE_memory_gib)."""
 import types
 
 import pytest
@@ -7,9 +8,9 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from danie_nnunet import create_danie
-from danie_nnunet.memory import estimate_training_memory
+from danie_nnunet.memory import estimate_training_memory, plan_recompute
 from danie_nnunet.trainers import DANIETrainer, DANIETrainer_recompute, DANIETrainer_S
-from danie_nnunet.trainers.danie_trainer import DANIEConfigurationError
+from danie_nnunet.trainers.danie_trainer import DANIEConfigurationError, memory_budget_gib
 
 
 def _bare(cls):
@@ -55,16 +56,51 @@ def test_networks_are_built_channels_last_and_recompute_only_in_its_variant():
         None, types.SimpleNamespace(patch_size=[64, 64]), 1, 3).sap.stages_0._danie_recompute
 
 
-@pytest.mark.parametrize("card_gib, recomputes", [(0.5, True), (1000.0, False)])
-def test_recompute_switches_on_when_the_batch_would_not_fit(monkeypatch, card_gib, recomputes):
+def _recomputed(network):
+    return [n for n, m in network.named_modules() if getattr(m, "_danie_recompute", False)]
+
+
+@pytest.mark.parametrize("card_gib, env", [(1000.0, None), (0.5, None), (1000.0, "0.4")])
+def test_recompute_switches_on_for_what_does_not_fit_the_card_or_the_asked_budget(monkeypatch, card_gib, env):
+    if env is None:
+        monkeypatch.delenv("DANIE_memory_gib", raising=False)
+    else:
+        monkeypatch.setenv("DANIE_memory_gib", env)
     trainer = _bare(DANIETrainer_S)
     trainer.network, trainer.batch_size, trainer.device = create_danie("S", (64, 64), 1, 3), 4, torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: types.SimpleNamespace(total_memory=card_gib * 2 ** 30))
     trainer._recompute_if_batch_does_not_fit()
-    assert bool(getattr(trainer.network.sap.stages_0, "_danie_recompute", False)) is recomputes
+    budget = 0.85 * card_gib if env is None else float(env)
     need = estimate_training_memory("S", (64, 64), 1, 3).total_gib(4)
-    assert (len(trainer.logged) == 1 and f"{need:.1f} GiB" in trainer.logged[0]) is recomputes
+    recomputed = _recomputed(trainer.network)
+    assert bool(recomputed) is (need > budget)
+    if need > budget:  # the planned segments, and the log says what they reach
+        plan = plan_recompute("S", (64, 64), 1, 3, 4, budget)
+        assert recomputed == plan.segments and 0 < len(plan.segments)
+        reached = estimate_training_memory("S", (64, 64), 1, 3, recompute=recomputed).total_gib(4)
+        assert f"about {reached:.1f} GiB" in trainer.logged[0] and f"budget {budget:.1f} GiB" in trainer.logged[0]
+    assert len(trainer.logged) == (1 if need > budget or env else 0)
+
+
+@pytest.mark.parametrize("value", ["twelve", "0", "-3", "inf", "nan"])
+def test_a_memory_budget_that_is_not_a_positive_number_is_refused(monkeypatch, value):
+    monkeypatch.setenv("DANIE_memory_gib", value)
+    with pytest.raises(DANIEConfigurationError, match="is not a positive number of GiB"):
+        memory_budget_gib()
+    monkeypatch.setenv("DANIE_memory_gib", " 12.5 ")
+    assert memory_budget_gib() == 12.5
+
+
+def test_the_recompute_variant_keeps_its_fixed_segments(monkeypatch):
+    trainer = _bare(DANIETrainer_recompute)
+    trainer.network, trainer.batch_size, trainer.device = create_danie("S", (64, 64), 1, 3), 4, torch.device("cuda")
+    trainer.network.set_grad_checkpointing()
+    before = _recomputed(trainer.network)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(total_memory=0.1 * 2 ** 30))
+    trainer._recompute_if_batch_does_not_fit()
+    assert _recomputed(trainer.network) == before and not trainer.logged
 
 
 def test_adamw_is_fused_on_cuda_only():

@@ -15,7 +15,7 @@ Changes against nnUNetTrainer, nothing else:
   torch.compile unless nnUNet_compile=t is set (compiling DANIE-L takes minutes; on an H100 the compiled DANIE-L,
   with its backward traced outside autocast as eager autograd runs it, passed the same-function check, but it
   has not been timed against eager on the same card); activation recomputation when the planned batch would
-  not fit the card.
+  not fit the card, of as few segments as the estimate needs (or as DANIE_memory_gib asks).
 Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
 are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
 ones stop the run (nonfinite_guard.py).
@@ -23,6 +23,7 @@ ones stop the run (nonfinite_guard.py).
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
@@ -38,7 +39,7 @@ from torch._dynamo import OptimizedModule
 from danie_nnunet.checks import DatasetError, check_dataset_json
 from danie_nnunet.compiled import trace_backward_outside_autocast
 from danie_nnunet.config import DANIEConfig, get_config
-from danie_nnunet.memory import GIB, HEADROOM, estimate_training_memory
+from danie_nnunet.memory import GIB, HEADROOM, budget_note, plan_recompute
 from danie_nnunet.network import DANIE, plans_architecture
 from danie_nnunet.patch_size import round_up_patch_size
 from danie_nnunet.pretrained import ENV_VAR, load_imagenet_weights
@@ -50,6 +51,9 @@ NUM_HEADS = 4
 # Inference (nnUNetv2_predict, the final validation) replays captured CUDA graphs of single tiles
 # (danie_nnunet/cuda_graphs.py; checked against eager inference on an H100); DANIE_cuda_graphs=f turns it off
 CUDA_GRAPHS_ENV = "DANIE_cuda_graphs"
+# GiB of GPU memory that training plans for (default: 85 % of the card); activations that do not fit are
+# recomputed in the backward pass, as few as fit (danie_nnunet/memory.py: plan_recompute)
+MEMORY_ENV = "DANIE_memory_gib"
 
 
 class DANIEConfigurationError(RuntimeError):
@@ -97,6 +101,21 @@ def env_flag(name: str, default: bool) -> bool:
     raise DANIEConfigurationError(f"{name}={os.environ[name]!r} is neither on (t, true, 1) nor off (f, false, 0)")
 
 
+def memory_budget_gib() -> Optional[float]:
+    """GiB that DANIE_memory_gib gives training, or None when it is unset."""
+    value = os.environ.get(MEMORY_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = 0.0
+    if not 0 < gib < float("inf"):
+        raise DANIEConfigurationError(f"{MEMORY_ENV}={os.environ[MEMORY_ENV]!r} is not a positive number of GiB "
+                                      f"(e.g. {MEMORY_ENV}=12); unset it to plan for {HEADROOM:.0%} of the card")
+    return gib
+
+
 def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
     """The DANIE module under DDP and torch.compile wrappers."""
     if isinstance(network, torch.nn.parallel.DistributedDataParallel):
@@ -129,6 +148,7 @@ class DANIETrainer(nnUNetTrainer):
         except DatasetError as e:
             raise DANIEConfigurationError(f"{e}\nFix dataset.json in nnUNet_raw and run "
                                           f"nnUNetv2_plan_and_preprocess again.") from None
+        memory_budget_gib()  # a bad DANIE_memory_gib is refused now, not once training has set up
         patch_note = fit_plans_to_danie(plans, configuration, get_config(self.danie_variant))  # before super()
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.nonfinite_guard = NonFiniteStepGuard(self.max_consecutive_nonfinite_steps)
@@ -189,20 +209,23 @@ class DANIETrainer(nnUNetTrainer):
                                    "runs them (danie_nnunet/compiled.py)")
 
     def _recompute_if_batch_does_not_fit(self) -> None:
-        """Switch on activation recomputation (DANIETrainer_recompute) when the batch's estimated training
-        memory exceeds the card (danie_nnunet/memory.py; within 4 % of what an H200 measured for S and L)."""
+        """Recompute in the backward pass as few segments as the batch needs to fit the card, or DANIE_memory_gib
+        (danie_nnunet/memory.py: plan_recompute; the estimate was within 2 % of what an H200 measured for S and L,
+        with and without recomputation). DANIETrainer_recompute recomputes its fixed segments instead."""
         network = unwrap_network(self.network)
         if self.recompute or not isinstance(network, DANIE):
             return
-        estimate = estimate_training_memory(network.cfg, network.img_size, network.in_chans, network.num_classes)
-        need = estimate.total_gib(self.batch_size)
         card = torch.cuda.get_device_properties(self.device).total_memory / GIB
-        if need > HEADROOM * card:
-            segments = network.set_grad_checkpointing()
-            self.print_to_log_file(
-                f"DANIE: batch {self.batch_size} needs about {need:.1f} GiB for training, more than {HEADROOM:.0%} of "
-                f"this card's {card:.0f} GiB: recomputing {', '.join(segments)} in the backward pass (same "
-                f"result, about a third slower, a fraction of the memory)", also_print_to_console=True)
+        asked = memory_budget_gib()
+        budget = HEADROOM * card if asked is None else min(asked, card)
+        plan = plan_recompute(network.cfg, network.img_size, network.in_chans, network.num_classes,
+                              self.batch_size, budget)
+        if plan.segments:
+            network.set_grad_checkpointing(segments=plan.segments)
+        if plan.segments or asked is not None:
+            source = f"{MEMORY_ENV}={asked:g}" if asked is not None else f"{HEADROOM:.0%} of this card's {card:.0f} GiB"
+            self.print_to_log_file(f"DANIE: memory budget {budget:.1f} GiB ({source}): {budget_note(plan)}",
+                                   also_print_to_console=True)
 
     def on_train_start(self):
         super().on_train_start()

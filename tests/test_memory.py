@@ -1,0 +1,68 @@
+"""The training-memory estimate with recomputation, and the planner that recomputes as little as fits (issue 4)."""
+import pytest
+import torch
+
+from danie_nnunet.memory import _meta_network, _Profile, budget_note, estimate_training_memory, plan_recompute
+from danie_nnunet.recompute import DEFAULT_SEGMENTS, recompute_candidates, set_recompute
+
+PATCH, CHANS, CLASSES, BATCH = (64, 64), 1, 3, 4
+
+
+@pytest.fixture(scope="module")
+def extremes():
+    plain = estimate_training_memory("S", PATCH, CHANS, CLASSES).total_gib(BATCH)
+    everything = plan_recompute("S", PATCH, CHANS, CLASSES, BATCH, budget_gib=0.0)
+    return plain, everything
+
+
+def test_a_budget_the_batch_fits_needs_no_recomputation(extremes):
+    plain, _ = extremes
+    plan = plan_recompute("S", PATCH, CHANS, CLASSES, BATCH, budget_gib=plain + 0.01)
+    assert plan.segments == [] and plan.fits and plan.extra_traffic == 0.0
+    assert "no recomputation" in budget_note(plan)
+
+
+def test_an_impossible_budget_recomputes_everything_and_says_it_will_not_fit(extremes):
+    plain, everything = extremes
+    assert not everything.fits and everything.estimate.total_gib(BATCH) < plain
+    assert set(everything.segments) <= set(recompute_candidates(_meta_network("S", PATCH, CHANS, CLASSES,
+                                                                              torch.bfloat16)))
+    assert "expect out-of-memory errors" in budget_note(everything)
+
+
+def test_a_budget_in_between_is_met_with_the_cheapest_few_segments(extremes):
+    plain, everything = extremes
+    budget = (plain + everything.estimate.total_gib(BATCH)) / 2
+    plan = plan_recompute("S", PATCH, CHANS, CLASSES, BATCH, budget)
+    assert plan.fits and 0 < len(plan.segments) < len(everything.segments)
+    assert 0 < plan.extra_traffic < everything.extra_traffic
+    # the plan's estimate is the estimate of its segments; segments in forward order
+    again = estimate_training_memory("S", PATCH, CHANS, CLASSES, recompute=plan.segments).total_gib(BATCH)
+    assert again == pytest.approx(plan.estimate.total_gib(BATCH)) and again <= budget
+    assert plan.segments == [s for s in everything.segments if s in plan.segments]
+
+
+@pytest.mark.parametrize("segments", [DEFAULT_SEGMENTS, ("sap.stages_0.blocks.1.conv", "hap.embed",
+                                                         "joint_preservation.blocks.0")])
+def test_what_the_estimate_keeps_is_what_torch_checkpoint_keeps(segments):
+    # the estimate derives the recomputed network's kept tensors from a plain forward; a forward through torch's
+    # checkpoint on the meta device must keep the same bytes: what it saves outside the segments plus their inputs
+    net = _meta_network("S", PATCH, CHANS, CLASSES, torch.bfloat16)
+    plain = _Profile(net, 2, CHANS, PATCH, torch.bfloat16, list(segments))
+    recomputed = set(segments)
+    kept = {k for k, stacks in plain.stacks.items() if any(not (s & recomputed) for s in stacks)}
+    kept |= {k for s in segments for k in plain.inputs[s]}
+    set_recompute(net, segments)
+    real = _Profile(net, 2, CHANS, PATCH, torch.bfloat16, list(segments))
+    real_kept = set(real.stacks) | {k for s in segments for k in real.inputs[s]}
+    assert sum(real.size[k] for k in real_kept) == sum(plain.size[k] for k in kept) < sum(plain.size.values())
+
+
+def test_info_prints_the_estimate_and_what_a_memory_budget_recomputes(capsys):
+    from danie_nnunet.cli import main
+    assert main(["info", "--variant", "S", "--size", "64", "--in-chans", "1", "--classes", "3", "--batch", "4",
+                 "--memory-gib", "0.1"]) == 0
+    out = capsys.readouterr().out
+    plain = estimate_training_memory("S", PATCH, CHANS, CLASSES).total_gib(BATCH)
+    assert f"= {plain:.1f} GiB at batch 4" in out
+    assert "with DANIE_memory_gib=0.1: recomputing" in out and "recomputed segments: sap.stem" in out
