@@ -27,10 +27,10 @@ from torch.utils.checkpoint import checkpoint
 # full and half resolution); SAP stage 3 and the decoder are cheap to keep
 DEFAULT_SEGMENTS = ("sap.stages_0", "sap.stages_1", "sap.stages_2", "hap.embed", "hap.stages.0")
 # the finer segments `memory.plan_recompute` chooses from: each MaxViT block's MBConv and its window and grid
-# attention (the MBConv keeps four times as many bytes per byte of recomputed traffic as the attention), the SAP
+# attention (an MBConv frees twice as many bytes per byte of recomputed traffic as an attention block), the SAP
 # stem, the HAP stem and stages, and the Joint Preservation blocks and aggregations
-_CANDIDATE = re.compile(r"sap\.stem|sap\.stages_\d+\.blocks\.\d+\.(conv|attn_block|attn_grid)|hap\.embed|hap\.stages\.\d+"
-                        r"|joint_preservation\.(blocks|aggregations)\.\d+")
+_CANDIDATE = re.compile(r"sap\.stem|sap\.stages_\d+\.blocks\.\d+\.(conv|attn_block|attn_grid)"
+                        r"|hap\.embed|hap\.stages\.\d+|joint_preservation\.(blocks|aggregations)\.\d+")
 
 
 @contextlib.contextmanager
