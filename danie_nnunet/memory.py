@@ -27,13 +27,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import DANIEConfig
 from .network import create_danie
-from .recompute import recompute_candidates
+from .recompute import present_segments, recompute_candidates
 
 GIB = 2 ** 30
 BYTES_PER_PARAM = 4 + 4 + 8  # fp32 weight, gradient, AdamW exp_avg and exp_avg_sq
 HEADROOM = 0.85  # share of the card's memory planned for; the rest: CUDA context, allocator, cuDNN workspaces
-_NO_TRAFFIC = {"view", "_unsafe_view", "as_strided", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze",
-               "slice", "select", "detach", "alias", "split", "unbind", "chunk", "split_with_sizes"}
 
 
 @dataclass
@@ -82,7 +80,8 @@ class _Traffic(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func.overloadpacket.__name__ not in _NO_TRAFFIC:
+        # views move no data; _unsafe_view is a reshape too, though its schema does not say it aliases
+        if not (func.is_view or func.overloadpacket is torch.ops.aten._unsafe_view):
             moved = sum(_nbytes(t) for t in torch.utils._pytree.tree_leaves((args, kwargs, out))
                         if isinstance(t, torch.Tensor))
             self.total += moved
@@ -193,8 +192,7 @@ def _estimate(params: int, one: _Profile, two: _Profile, recompute: Sequence[str
 def _profiles(variant, patch_size, in_chans, num_classes, dtype, segments=None, traffic=False):
     """(parameter count, segments, profiles at batch 1 and 2); segments None: the recomputation candidates."""
     net = _meta_network(variant, patch_size, in_chans, num_classes, dtype)
-    modules = dict(net.named_modules())
-    segments = recompute_candidates(net) if segments is None else [s for s in segments if s in modules]
+    segments = recompute_candidates(net) if segments is None else present_segments(net, segments)
     params = sum(p.numel() for p in net.parameters())
     return params, segments, [_Profile(net, b, in_chans, patch_size, dtype, segments, traffic) for b in (1, 2)]
 
@@ -203,8 +201,7 @@ def estimate_training_memory(variant: Union[str, DANIEConfig], patch_size: Seque
                              num_classes: int = 2, dtype: torch.dtype = torch.bfloat16,
                              recompute: Sequence[str] = ()) -> MemoryEstimate:
     """Fixed and per-slice peak training memory, with the `recompute` segments (module names, not nested) run
-    again in the backward pass; names of parts the configuration switches off are skipped, as `set_recompute`
-    does."""
+    again in the backward pass; names are resolved as `set_recompute` resolves them."""
     params, present, (one, two) = _profiles(variant, patch_size, in_chans, num_classes, dtype, recompute)
     return _estimate(params, one, two, present)
 
@@ -223,8 +220,8 @@ def plan_recompute(variant: Union[str, DANIEConfig], patch_size: Sequence[int], 
         return RecomputePlan([], estimate, batch_size, budget_gib, 0.0)
     _, _, (one, two) = _profiles(variant, patch_size, in_chans, num_classes, dtype, traffic=True)
     cost = {c: two.forward_traffic_by[c] - one.forward_traffic_by[c] for c in candidates}
-    frees = {c: two.saved_peak() - two.saved_peak([c]) - (one.saved_peak() - one.saved_peak([c]))
-             for c in candidates}
+    peak_one, peak_two = one.saved_peak(), two.saved_peak()
+    frees = {c: peak_two - two.saved_peak([c]) - (peak_one - one.saved_peak([c])) for c in candidates}
     ranked = sorted((c for c in candidates if frees[c] > 0 and cost[c] > 0),
                     key=lambda c: (-frees[c] / cost[c], -frees[c]))
     chosen: List[str] = []

@@ -77,16 +77,25 @@ def set_recompute(network: nn.Module, segments: Sequence[str] = DEFAULT_SEGMENTS
         if "forward" in vars(module) and getattr(module, "_danie_recompute", False):
             del module.forward
             module._danie_recompute = False
-    active = []
+    active = present_segments(network, segments)
+    for name in active:
+        module = modules[name]
+        # a partial, not a closure: deepcopy and pickle then bind the copy's forward to the copy
+        module.forward = functools.partial(_checkpointed_forward, module, type(module).forward)
+        module._danie_recompute = True
+    return active
+
+
+def present_segments(network: nn.Module, segments: Sequence[str]) -> List[str]:
+    """`segments` without those in a part the configuration switches off (an attribute set to None, e.g. `hap` in
+    row A.1); other names the network does not have are an error."""
+    modules = dict(network.named_modules())
+    present = []
     for name in segments:
         if getattr(network, name.split(".")[0], False) is None:  # a stream switched off (A.1 has no HAP)
             continue
         if name not in modules:
             raise ValueError(f"no submodule {name!r} to recompute; segments are module names such as "
                              f"{', '.join(DEFAULT_SEGMENTS)}")
-        module = modules[name]
-        # a partial, not a closure: deepcopy and pickle then bind the copy's forward to the copy
-        module.forward = functools.partial(_checkpointed_forward, module, type(module).forward)
-        module._danie_recompute = True
-        active.append(name)
-    return active
+        present.append(name)
+    return present

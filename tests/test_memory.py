@@ -66,3 +66,11 @@ def test_info_prints_the_estimate_and_what_a_memory_budget_recomputes(capsys):
     plain = estimate_training_memory("S", PATCH, CHANS, CLASSES).total_gib(BATCH)
     assert f"= {plain:.1f} GiB at batch 4" in out
     assert "with DANIE_memory_gib=0.1: recomputing" in out and "recomputed segments: sap.stem" in out
+
+
+def test_segment_names_are_resolved_as_set_recompute_resolves_them():
+    # a stream the configuration switches off is skipped (A.1 has no HAP), a typo is an error, not a silent no-op
+    without_hap = estimate_training_memory("A.1", PATCH, CHANS, CLASSES, recompute=["hap.embed"])
+    assert without_hap == estimate_training_memory("A.1", PATCH, CHANS, CLASSES)
+    with pytest.raises(ValueError, match="no submodule 'sap.stage_0'"):
+        estimate_training_memory("S", PATCH, CHANS, CLASSES, recompute=["sap.stage_0"])
