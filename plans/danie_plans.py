@@ -7,6 +7,12 @@
 - `2d_danie_p224` / `2d_danie_p256`: the paper's protocol (slices resized to 224x224, cost counted at 256x256):
   the in-plane spacing scaled per axis so that the median slice maps to 224 (256) pixels, patch 224 (256).
 
+The batch size is the largest that DANIE's training memory estimate fits in 85 % of the GPU memory given, at most
+nnU-Net's 5 % dataset cap. Where not even nnU-Net's minimum of 2 slices fits that way, or a larger `--batch-size`
+is asked for, the notes give the segments the DANIE trainers will recompute in the backward pass to fit it on
+such a card (`danie_nnunet/memory.py: plan_recompute`) and what that costs; a batch that does not fit even then
+is refused (or, when asked for, warned about).
+
 Each configuration inherits from `2d` and carries its whole `architecture` block (inheritance is a shallow
 merge), so the stock `nnUNetv2_preprocess -c 2d_danie_p224`, `nnUNetv2_train DATASET 2d_danie_p224 FOLD -tr
 DANIETrainer` and `nnUNetv2_predict -c 2d_danie_p224` work unchanged.
@@ -25,7 +31,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from danie_nnunet import __version__
 from danie_nnunet.config import get_config
-from danie_nnunet.memory import estimate_training_memory
+from danie_nnunet.memory import HEADROOM, budget_note, estimate_training_memory, plan_recompute
 from danie_nnunet.network import plans_architecture
 from danie_nnunet.patch_size import round_up_patch_size
 
@@ -77,22 +83,29 @@ def danie_configuration(plans: dict, dataset_json: dict, request: PlanRequest) -
                                               / (patch[0] * patch[1])))
     notes = [f"{name} (inherits 2d): spacing {_fmt(spacing)} -> {_fmt(new_spacing)}, patch "
              f"{list(base.patch_size)} -> {patch}, data {data_identifier}"]
+    budget = request.gpu_memory_gib * HEADROOM  # what the DANIE trainers plan for on such a card
     if request.batch_size is not None:
-        batch_size = request.batch_size
-        if batch_size > fits:
-            notes.append(f"warning: batch {batch_size} exceeds the estimate for DANIE-{request.variant} in "
-                         f"{request.gpu_memory_gib:g} GiB ({fits} slices): expect out-of-memory errors")
-        why = "as asked"
-    else:
-        if fits < 1:
-            raise PlansError(f"DANIE-{request.variant} at {patch} does not fit in {request.gpu_memory_gib:g} GiB "
-                             f"(estimate {memory.total_gib(1):.1f} GiB for one slice); give --gpu-memory or "
-                             f"use --variant S or the paper224 protocol")
-        batch_size = max(MIN_BATCH_SIZE, min(fits, coverage_cap))
+        batch_size, why = request.batch_size, "as asked"
+    elif fits >= MIN_BATCH_SIZE:
+        batch_size = min(fits, coverage_cap)
         why = (f"DANIE-{request.variant} estimate {memory.fixed_gib:.1f} + {memory.per_slice_gib:.3f} GiB/slice "
                f"fits {fits} in {request.gpu_memory_gib:g} GiB; nnU-Net's 5 % dataset cap {coverage_cap}")
-    notes.append(f"batch size {base.batch_size} -> {batch_size} ({why}); estimated training memory "
-                 f"{memory.total_gib(batch_size):.1f} GiB")
+    else:
+        batch_size, why = MIN_BATCH_SIZE, f"nnU-Net's minimum; {fits} slices fit without recomputation"
+    total = memory.total_gib(batch_size)
+    if batch_size > fits:  # the trainers recompute segments in the backward pass until the batch fits
+        plan = plan_recompute(request.variant, patch, in_chans, classes, batch_size, budget)
+        if not plan.fits and request.batch_size is None:
+            raise PlansError(f"DANIE-{request.variant} at {patch} does not fit in {request.gpu_memory_gib:g} GiB even "
+                             f"at batch {batch_size} with every recomputable segment run again (estimate "
+                             f"{plan.estimate.total_gib(batch_size):.1f} GiB, {HEADROOM:.0%} of the card planned "
+                             f"for); give --gpu-memory or use --variant S or the paper224 protocol")
+        total = plan.estimate.total_gib(batch_size)
+        notes.append(f"{'warning: ' if not plan.fits else ''}batch {batch_size} exceeds the estimate for "
+                     f"DANIE-{request.variant} without recomputation ({memory.total_gib(batch_size):.1f} GiB; "
+                     f"{fits} slices fit in {request.gpu_memory_gib:g} GiB); the DANIE trainers plan for it on such a "
+                     f"card: {budget_note(plan)}")
+    notes.append(f"batch size {base.batch_size} -> {batch_size} ({why}); estimated training memory {total:.1f} GiB")
     configuration = {
         "inherits_from": "2d",
         "data_identifier": data_identifier,
