@@ -11,7 +11,7 @@ costs are the fp32 weights, their gradients and AdamW's two moments. Against an 
 `plan_recompute` fits a batch into a memory budget by recomputing as little as it can: it ranks the candidate
 segments (`recompute.recompute_candidates`) by the bytes each frees per byte of memory traffic its second
 forward costs (DANIE is bound by memory traffic: for whole-stage recomputation this count says +31 % and the
-H200 measured +36 % step time) and takes the best until the estimate fits.
+H200 measured +36 % step time), takes the best until the estimate fits and drops those no longer needed.
 """
 from __future__ import annotations
 
@@ -211,7 +211,8 @@ def plan_recompute(variant: Union[str, DANIEConfig], patch_size: Sequence[int], 
     """The cheapest recomputed segments with which training at `batch_size` fits `budget_gib` (by the estimate).
 
     Candidates are taken in order of bytes freed per slice (how much recomputing the segment alone lowers the
-    peak) per byte of its forward traffic, until the estimate, the transients of recomputation included, fits.
+    peak) per byte of its forward traffic, until the estimate, the transients of recomputation included, fits;
+    then each chosen segment the estimate no longer needs is dropped again, the costliest first.
     If even every candidate does not fit, the plan has them all and `fits` is False.
     """
     params, candidates, (one, two) = _profiles(variant, patch_size, in_chans, num_classes, dtype)
@@ -230,6 +231,12 @@ def plan_recompute(variant: Union[str, DANIEConfig], patch_size: Sequence[int], 
             break
         chosen.append(c)
         estimate = _estimate(params, one, two, chosen)
+    if estimate.total_gib(batch_size) <= budget_gib:  # the greedy pass overshoots: drop what is no longer needed,
+        for c in sorted(chosen, key=cost.get, reverse=True):  # the costliest first
+            fewer = [s for s in chosen if s != c]
+            smaller = _estimate(params, one, two, fewer)
+            if smaller.total_gib(batch_size) <= budget_gib:
+                chosen, estimate = fewer, smaller
     order = {c: i for i, c in enumerate(candidates)}
     chosen.sort(key=order.get)
     step_traffic = max(two.step_traffic - one.step_traffic, 1)

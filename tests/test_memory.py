@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from danie_nnunet.memory import _meta_network, _Profile, budget_note, estimate_training_memory, plan_recompute
+from danie_nnunet.memory import (_estimate, _meta_network, _Profile, _profiles, budget_note, estimate_training_memory,
+                                 plan_recompute)
 from danie_nnunet.recompute import DEFAULT_SEGMENTS, recompute_candidates, set_recompute
 
 PATCH, CHANS, CLASSES, BATCH = (64, 64), 1, 3, 4
@@ -40,6 +41,10 @@ def test_a_budget_in_between_is_met_with_the_cheapest_few_segments(extremes):
     again = estimate_training_memory("S", PATCH, CHANS, CLASSES, recompute=plan.segments).total_gib(BATCH)
     assert again == pytest.approx(plan.estimate.total_gib(BATCH)) and again <= budget
     assert plan.segments == [s for s in everything.segments if s in plan.segments]
+    # and none of them is superfluous: without any one of them the batch no longer fits
+    params, _, (one, two) = _profiles("S", PATCH, CHANS, CLASSES, torch.bfloat16)
+    for dropped in plan.segments:
+        assert _estimate(params, one, two, [s for s in plan.segments if s != dropped]).total_gib(BATCH) > budget
 
 
 @pytest.mark.parametrize("segments", [DEFAULT_SEGMENTS, ("sap.stages_0.blocks.1.conv", "hap.embed",
