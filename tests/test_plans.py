@@ -61,7 +61,7 @@ def test_a_batch_past_the_estimate_names_the_recomputation_that_fits_it():
     # DANIE-L at 512 x 512 needs 1.8 GiB + 1.65 GiB per slice without recomputation: no slice fits 85 % of 4 GiB,
     # nnU-Net's minimum of 2 does with recomputed segments (what DANIETrainer will do on such a card)
     plans = synapse_like_plans()
-    name, cfg, notes = danie_configuration(plans, SYNAPSE_LIKE_JSON, PlanRequest("native", "L", gpu_memory_gib=4))
+    _, cfg, notes = danie_configuration(plans, SYNAPSE_LIKE_JSON, PlanRequest("native", "L", gpu_memory_gib=4))
     assert cfg["batch_size"] == 2
     note = next(n for n in notes if "without recomputation" in n)
     assert not note.startswith("warning") and "recomputing" in note and "within 3.4 GiB" in note
