@@ -13,10 +13,12 @@
 #   columns (DANIE's default training and inference, and nnU-Net's eager U-Net, on one card), and L with as
 #   little recomputation as fits 12 GiB (cl+fit12) and with its LayerNorms in bf16 (cl+fn)
 #   run(command="bash bench/gpu_checks.sh eager", carry=[".whl"], timeout_s=380)
-# e2e (about 6 min): nnUNetv2_train epoch time and nnUNetv2_predict seconds, DANIE-L vs nnU-Net; DANIE-L's predict
-#   runs with CUDA graphs (the trainer's default) and again without (DANIE_cuda_graphs=f), segmentations compared
+# e2e (about 6 min): nnUNetv2_train epoch time (both eager) and nnUNetv2_predict seconds, DANIE-L vs nnU-Net;
+#   DANIE-L's predict runs with CUDA graphs (the trainer's default) and again without (DANIE_cuda_graphs=f),
+#   segmentations compared
 #   run(command="bash bench/gpu_checks.sh e2e", carry=[".whl"], timeout_s=480 or what is left)
-# compile (about 7 min): graph breaks, then the compiled table (DANIE-L first, with its check)
+# compile (about 7 min): graph breaks, then the compiled table (DANIE-L first, with its check); MODELS=S,U-Net for
+#   DANIE-S (the trainers compile by default since 2026-11-27; the compiled DANIE-S is not yet timed)
 #   run(command="bash bench/gpu_checks.sh compile", carry=[".whl"], timeout_s=540)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
@@ -63,12 +65,15 @@ elif [ "$mode" = compile ]; then
   step explain 90 $bench --configs $big --models L --variants cl --explain --out "$OUT/explain_L.txt"
   # the L row is checked against the plain network first (PASS/FAIL): the first compiled run since the backward
   # is traced outside autocast (danie_nnunet/compiled.py); on the H200 before that its gradients were NaN
-  step bench_compile 400 $bench --configs $big --models L,U-Net --modes compile --variants cl \
+  step bench_compile 400 $bench --configs $big --models ${MODELS:-L,U-Net} --modes compile --variants cl \
        --out "$OUT/bench_compile.md"
 elif [ "$mode" = e2e ]; then
   work=/tmp/danie_e2e; rm -rf $work
   export nnUNet_raw=$work/raw nnUNet_preprocessed=$work/pre nnUNet_results=$work/res
   export nnUNet_extTrainer="$($PY -m danie_nnunet.cli ext-path):$here/nnunet_ext"
+  # both trainers eager: compiling DANIE-L (its trainer's default, as the U-Net's) takes minutes more than a call
+  # holds; the compiled step times are the bench's, and epoch minus iterations x step is the data loading's share
+  export nnUNet_compile=f
   if [ -n "${SMALL:-}" ]; then shape="(6, 64, 64)"; test_shape="(8, 64, 64)"; dev=cpu; export DANIE_BENCH_ITERATIONS=2; else shape="(40, 512, 512)"; test_shape="(100, 512, 512)"; dev=cuda; fi
   $PY - <<PYEOF
 import os, numpy as np
@@ -99,7 +104,7 @@ for line in sys.stdin:
       >> "$OUT/e2e_times.txt"
   }
   for tr in DANIETrainer_bench nnUNetTrainer_bench; do  # DANIE first: its numbers matter most if time runs out
-    [ $tr = DANIETrainer_bench ] && limit=160 || limit=150  # nnUNetTrainer compiles the U-Net in its first epoch
+    [ $tr = DANIETrainer_bench ] && limit=160 || limit=110
     step "train_$tr" $limit nnUNetv2_train 992 2d 0 -tr $tr -device $dev
     run=$nnUNet_results/Dataset992_Bench512/${tr}__nnUNetPlans__2d
     # both epochs; the second is the timed one

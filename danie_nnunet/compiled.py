@@ -17,14 +17,15 @@ import torch
 OPTION = "backward_pass_autocast"
 
 
-def _supported() -> bool:
-    return hasattr(torch._functorch.config, OPTION)  # torch >= 2.9
+def can_trace_backward_outside_autocast() -> bool:
+    """Whether this torch has the option (torch >= 2.9)."""
+    return hasattr(torch._functorch.config, OPTION)
 
 
 def trace_backward_outside_autocast() -> bool:
     """Process-wide: compiled backwards traced from now on run outside autocast, as eager autograd's do.
     For a process that compiles DANIE (a DANIE trainer). False where this torch has no such option."""
-    if not _supported():
+    if not can_trace_backward_outside_autocast():
         return False
     setattr(torch._functorch.config, OPTION, "off")
     return True
@@ -32,4 +33,4 @@ def trace_backward_outside_autocast() -> bool:
 
 def backward_outside_autocast():
     """The same for what is compiled (first called) inside this context only, e.g. DANIE next to a U-Net."""
-    return torch._functorch.config.patch(**{OPTION: "off"}) if _supported() else nullcontext()
+    return torch._functorch.config.patch(**{OPTION: "off"}) if can_trace_backward_outside_autocast() else nullcontext()

@@ -117,7 +117,7 @@ class CUDAGraphInference:
         return x.is_cuda and not torch.cuda.is_current_stream_capturing()
 
     def applies(self, module: nn.Module, x: torch.Tensor) -> bool:
-        # is_compiling first: under torch.compile (nnUNet_compile=t) the answer is a constant False for Dynamo
+        # is_compiling first: under torch.compile (the trainers compile on CUDA) it is a constant False for Dynamo
         return (not torch.compiler.is_compiling() and not self.failed and not module.training
                 and not torch.is_grad_enabled() and x.shape[0] <= self.max_batch and self._device_supported(x))
 

@@ -1,6 +1,6 @@
-"""DANIETrainer's speed settings (issue 4): no torch.compile unless asked, channels-last networks, CUDA graph
-inference unless turned off, fused AdamW, and as much recomputation as the planned batch needs to fit the card
-(or DANIE_memory_gib)."""
+"""DANIETrainer's speed settings (issue 4): torch.compile as nnU-Net decides it (with the backward outside autocast),
+an uncompiled final validation, channels-last networks, CUDA graph inference unless turned off, fused AdamW, and as
+much recomputation as the planned batch needs to fit the card (or DANIE_memory_gib)."""
 import types
 
 import pytest
@@ -22,14 +22,21 @@ def _bare(cls):
     return trainer
 
 
-@pytest.mark.parametrize("env, expected", [(None, False), ("t", True), ("1", True), ("f", False)])
-def test_compile_only_when_nnunet_compile_asks(monkeypatch, env, expected):
-    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)  # what nnU-Net says on a CUDA machine
+@pytest.mark.parametrize("env, expected", [(None, True), ("t", True), ("1", True), ("f", False), ("0", False)])
+def test_compile_follows_nnunet_compile_as_nnunet_does(monkeypatch, env, expected):
+    # nnU-Net itself says yes on a CUDA machine unless nnUNet_compile is off
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: env not in ("f", "0"))
     if env is None:
         monkeypatch.delenv("nnUNet_compile", raising=False)
     else:
         monkeypatch.setenv("nnUNet_compile", env)
     assert DANIETrainer._do_i_compile(_bare(DANIETrainer)) is expected
+
+
+def test_no_compile_where_nnunet_says_no(monkeypatch):
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: False)  # a CPU, MPS or Windows machine
+    monkeypatch.setenv("nnUNet_compile", "t")
+    assert DANIETrainer._do_i_compile(_bare(DANIETrainer)) is False
 
 
 def test_a_misspelt_switch_is_refused_with_the_values_it_takes(monkeypatch):
@@ -112,9 +119,9 @@ def test_adamw_is_fused_on_cuda_only():
     assert isinstance(optimizer, torch.optim.AdamW) and not optimizer.defaults["fused"]
 
 
-@pytest.mark.parametrize("env", [None, "t"])
+@pytest.mark.parametrize("env", [None, "t", "f"])
 def test_a_compiling_trainer_traces_backward_outside_autocast(monkeypatch, env):
-    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: env != "f")
     if env is None:
         monkeypatch.delenv("nnUNet_compile", raising=False)
     else:
@@ -123,5 +130,38 @@ def test_a_compiling_trainer_traces_backward_outside_autocast(monkeypatch, env):
     with torch._functorch.config.patch(backward_pass_autocast="same_as_forward"):  # restored after
         trainer._configure_compile()
         setting = torch._functorch.config.backward_pass_autocast
-    assert setting == ("off" if env else "same_as_forward")
-    assert ("outside autocast" if env else "torch.compile is off") in trainer.logged[0]
+    assert setting == ("same_as_forward" if env == "f" else "off")
+    assert ("torch.compile is off (nnUNet_compile=f)" if env == "f" else "outside autocast") in trainer.logged[0]
+
+
+def test_no_compile_where_torch_cannot_trace_the_backward_outside_autocast(monkeypatch):
+    # before torch 2.9 a compiled ES block would get a bf16 backward (danie_nnunet/compiled.py)
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)
+    monkeypatch.delenv("nnUNet_compile", raising=False)
+    monkeypatch.delattr(torch._functorch.config, "backward_pass_autocast", raising=False)
+    trainer = _bare(DANIETrainer_S)
+    assert DANIETrainer._do_i_compile(trainer) is False
+    trainer._configure_compile()
+    assert "cannot trace compiled backward passes outside autocast" in trainer.logged[0]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_final_validation_runs_the_uncompiled_network(monkeypatch, fails):
+    seen = []
+
+    def validate(self, save_probabilities=False):
+        seen.append(self.network)
+        if fails:
+            raise RuntimeError("export failed")
+
+    monkeypatch.setattr(nnUNetTrainer, "perform_actual_validation", validate)
+    trainer = _bare(DANIETrainer_S)
+    network = create_danie("S", (64, 64), 1, 3)
+    trainer.network = torch.compile(network)  # lazy: nothing is compiled unless it is called
+    compiled = trainer.network
+    if fails:
+        with pytest.raises(RuntimeError, match="export failed"):
+            trainer.perform_actual_validation()
+    else:
+        trainer.perform_actual_validation()
+    assert seen == [network] and trainer.network is compiled  # the trained (compiled) network is back

@@ -9,13 +9,15 @@ Changes against nnUNetTrainer, nothing else:
 - AdamW, lr 1e-4, weight decay 1e-4, constant learning rate (CASCADE/MERIT lineage);
 - on CUDA, autocast runs in bf16 where the card supports it (no GradScaler needed), else nnU-Net's fp16;
 - ImageNet MaxViT weights are loaded from $DANIE_PRETRAINED when training starts (never at inference);
-- speed (issue 4, docs/performance.md): channels-last memory format and fused AdamW; inference
-  (nnUNetv2_predict, the final validation) replays a captured CUDA graph per single-tile signature (on an H100
-  2.85x the eager single-tile throughput of DANIE-L, output identical; DANIE_cuda_graphs=f turns it off); no
-  torch.compile unless nnUNet_compile=t is set (compiling DANIE-L takes minutes; on an H100 the compiled DANIE-L,
-  with its backward traced outside autocast as eager autograd runs it, passed the same-function check, but it
-  has not been timed against eager on the same card); activation recomputation when the planned batch would
-  not fit the card, of as few segments as the estimate needs (or as DANIE_memory_gib asks).
+- speed (issue 4, docs/performance.md): channels-last memory format and fused AdamW; torch.compile as nnU-Net
+  decides it (on CUDA unless nnUNet_compile=f), with the backward traced outside autocast as eager autograd runs it
+  (on an H100 the compiled DANIE-L passed the same-function check at 108.6 ms per step and 15.6 GiB, faster than
+  the eager channels-last DANIE-L on the faster-memory H200, 130.4 ms and 20.9 GiB; compiling takes minutes at
+  the first training and validation step); inference (nnUNetv2_predict, the final validation) runs the
+  uncompiled network and replays a captured CUDA graph per single-tile signature (on an H100 2.85x the eager
+  single-tile throughput of DANIE-L, output identical; DANIE_cuda_graphs=f turns it off); activation
+  recomputation when the planned batch would not fit the card, of as few segments as the estimate needs (or as
+  DANIE_memory_gib asks).
 Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
 are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
 ones stop the run (nonfinite_guard.py).
@@ -37,7 +39,7 @@ from torch import autocast
 from torch._dynamo import OptimizedModule
 
 from danie_nnunet.checks import DatasetError, check_dataset_json
-from danie_nnunet.compiled import trace_backward_outside_autocast
+from danie_nnunet.compiled import can_trace_backward_outside_autocast, trace_backward_outside_autocast
 from danie_nnunet.config import DANIEConfig, get_config
 from danie_nnunet.memory import GIB, HEADROOM, budget_note, plan_recompute
 from danie_nnunet.network import DANIE, plans_architecture
@@ -197,16 +199,26 @@ class DANIETrainer(nnUNetTrainer):
             self.print_to_log_file(f"DANIE: {report}", also_print_to_console=True)
 
     def _do_i_compile(self) -> bool:
-        # nnU-Net compiles by default on CUDA; DANIE only when nnUNet_compile asks for it (see the module docstring)
-        return env_flag("nnUNet_compile", False) and super()._do_i_compile()
+        # nnU-Net's decision (on CUDA, not on Windows, unless nnUNet_compile=f; a misspelt nnUNet_compile is
+        # refused here, where nnU-Net reads it as off), and only where torch can trace the compiled backward as
+        # eager autograd runs it: else DANIE's fp32 channel self-attention would get a bf16 backward
+        return env_flag("nnUNet_compile", True) and super()._do_i_compile() and can_trace_backward_outside_autocast()
 
     def _configure_compile(self) -> None:
-        if not self._do_i_compile():
-            self.print_to_log_file("DANIE: torch.compile is off (compiling DANIE takes minutes and is not yet timed "
-                                   "against eager on one card, docs/performance.md); nnUNet_compile=t turns it on")
-        elif trace_backward_outside_autocast():
-            self.print_to_log_file("DANIE: compiled backward passes are traced outside autocast, as eager autograd "
-                                   "runs them (danie_nnunet/compiled.py)")
+        if self._do_i_compile():
+            trace_backward_outside_autocast()
+            self.print_to_log_file("DANIE: torch.compile on (nnU-Net's default; nnUNet_compile=f turns it off): the "
+                                   "first training and validation steps compile for minutes; compiled backward "
+                                   "passes are traced outside autocast, as eager autograd runs them "
+                                   "(danie_nnunet/compiled.py)", also_print_to_console=True)
+        elif env_flag("nnUNet_compile", True) and super()._do_i_compile():
+            self.print_to_log_file(f"DANIE: torch.compile is off: torch {torch.__version__} cannot trace compiled "
+                                   f"backward passes outside autocast (torch >= 2.9 can), so DANIE's fp32 channel "
+                                   f"self-attention would get a bf16 backward (danie_nnunet/compiled.py)",
+                                   also_print_to_console=True)
+        else:
+            self.print_to_log_file("DANIE: torch.compile is off (nnUNet_compile=f); compiled, DANIE-L trains faster "
+                                   "and with less memory (docs/performance.md)")
 
     def _recompute_if_batch_does_not_fit(self) -> None:
         """Recompute in the backward pass as few segments as the batch needs to fit the card, or DANIE_memory_gib
@@ -226,6 +238,16 @@ class DANIETrainer(nnUNetTrainer):
             source = f"{MEMORY_ENV}={asked:g}" if asked is not None else f"{HEADROOM:.0%} of this card's {card:.0f} GiB"
             self.print_to_log_file(f"DANIE: memory budget {budget:.1f} GiB ({source}): {budget_note(plan)}",
                                    also_print_to_console=True)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # as nnUNetv2_predict runs it: uncompiled with CUDA graphs of single tiles (nnU-Net's predictor compiles
+        # only when nnUNet_compile=t is set), instead of compiling single-tile inference for minutes
+        trained = self.network
+        self.network = unwrap_network(trained)
+        try:
+            super().perform_actual_validation(save_probabilities)
+        finally:
+            self.network = trained
 
     def on_train_start(self):
         super().on_train_start()

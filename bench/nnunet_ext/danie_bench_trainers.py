@@ -1,6 +1,6 @@
 """Benchmark trainers for bench/gpu_checks.sh e2e: 2 epochs of $DANIE_BENCH_ITERATIONS (default 40) iterations;
-the second epoch is the one timed (the first pays torch.compile and the data loader start). The final
-validation of the fold (sliding-window prediction of the validation cases) is skipped: nnUNetv2_predict is timed
+the second epoch is the one timed (the first pays the data loader start, and torch.compile where it is on). The
+final validation of the fold (sliding-window prediction of the validation cases) is skipped: nnUNetv2_predict is timed
 on its own."""
 import os
 
