@@ -62,10 +62,11 @@ elif [ "$mode" = bench ]; then
        --out "$OUT/bench_eager_small.md"
   step profile 45 $bench --configs $big --models L --variants cl --profile --out "$OUT/profile_L.txt"
 elif [ "$mode" = compile ]; then
-  step explain 90 $bench --configs $big --models L --variants cl --explain --out "$OUT/explain_L.txt"
+  models=${MODELS:-L,U-Net}; first=${models%%,*}  # graph breaks of the first model (L, or S with MODELS=S,U-Net)
+  step explain 90 $bench --configs $big --models $first --variants cl --explain --out "$OUT/explain_$first.txt"
   # the L row is checked against the plain network first (PASS/FAIL): the first compiled run since the backward
   # is traced outside autocast (danie_nnunet/compiled.py); on the H200 before that its gradients were NaN
-  step bench_compile 400 $bench --configs $big --models ${MODELS:-L,U-Net} --modes compile --variants cl \
+  step bench_compile 400 $bench --configs $big --models $models --modes compile --variants cl \
        --out "$OUT/bench_compile.md"
 elif [ "$mode" = e2e ]; then
   work=/tmp/danie_e2e; rm -rf $work

@@ -17,7 +17,7 @@ from danie_nnunet.trainers.danie_trainer import DANIEConfigurationError, memory_
 def _bare(cls):
     """A trainer object without nnU-Net's setup (which needs a preprocessed dataset): enough for one method."""
     trainer = cls.__new__(cls)
-    trainer.logged = []
+    trainer.logged, trainer.is_ddp = [], False
     trainer.print_to_log_file = lambda *a, **k: trainer.logged.append(" ".join(map(str, a)))
     return trainer
 
@@ -132,6 +132,24 @@ def test_a_compiling_trainer_traces_backward_outside_autocast(monkeypatch, env):
         setting = torch._functorch.config.backward_pass_autocast
     assert setting == ("same_as_forward" if env == "f" else "off")
     assert ("torch.compile is off (nnUNet_compile=f)" if env == "f" else "outside autocast") in trainer.logged[0]
+
+
+@pytest.mark.parametrize("env, expected", [(None, False), ("t", True), ("f", False)])
+def test_under_ddp_compile_only_when_asked(monkeypatch, env, expected):
+    # nnU-Net makes every BatchNorm a SyncBatchNorm under DDP, and torch.compile cannot trace those
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: env != "f")
+    if env is None:
+        monkeypatch.delenv("nnUNet_compile", raising=False)
+    else:
+        monkeypatch.setenv("nnUNet_compile", env)
+    trainer = _bare(DANIETrainer)
+    trainer.is_ddp = True
+    assert DANIETrainer._do_i_compile(trainer) is expected
+    with torch._functorch.config.patch(backward_pass_autocast="same_as_forward"):
+        trainer._configure_compile()
+    expected_line = {None: "off under DDP", "t": "every SyncBatchNorm breaks the compiled graph",
+                     "f": "off (nnUNet_compile=f)"}[env]
+    assert expected_line in trainer.logged[0]
 
 
 def test_no_compile_where_torch_cannot_trace_the_backward_outside_autocast(monkeypatch):

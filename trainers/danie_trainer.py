@@ -10,7 +10,8 @@ Changes against nnUNetTrainer, nothing else:
 - on CUDA, autocast runs in bf16 where the card supports it (no GradScaler needed), else nnU-Net's fp16;
 - ImageNet MaxViT weights are loaded from $DANIE_PRETRAINED when training starts (never at inference);
 - speed (issue 4, docs/performance.md): channels-last memory format and fused AdamW; torch.compile as nnU-Net
-  decides it (on CUDA unless nnUNet_compile=f), with the backward traced outside autocast as eager autograd runs it
+  decides it (on CUDA unless nnUNet_compile=f; under DDP only if nnUNet_compile=t: SyncBatchNorm cannot be traced),
+  with the backward traced outside autocast as eager autograd runs it
   (on an H100 the compiled DANIE-L passed the same-function check at 108.6 ms per step and 15.6 GiB, faster than
   the eager channels-last DANIE-L on the faster-memory H200, 130.4 ms and 20.9 GiB; compiling takes minutes at
   the first training and validation step); inference (nnUNetv2_predict, the final validation) runs the
@@ -25,7 +26,7 @@ ones stop the run (nonfinite_guard.py).
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
@@ -198,27 +199,35 @@ class DANIETrainer(nnUNetTrainer):
         else:
             self.print_to_log_file(f"DANIE: {report}", also_print_to_console=True)
 
+    def _compile_decision(self) -> Tuple[bool, str]:
+        """Whether to compile the network, and the log line that says why."""
+        # nnU-Net's decision (on CUDA, not on Windows, unless nnUNet_compile=f); a misspelt nnUNet_compile is
+        # refused here, where nnU-Net reads it as off
+        if not (env_flag("nnUNet_compile", True) and super()._do_i_compile()):
+            return False, ("torch.compile is off (nnUNet_compile=f); compiled, DANIE-L trains faster and with less "
+                           "memory (docs/performance.md)")
+        if not can_trace_backward_outside_autocast():  # DANIE's fp32 ES block would get a bf16 backward
+            return False, (f"torch.compile is off: torch {torch.__version__} cannot trace compiled backward passes "
+                           f"outside autocast (torch >= 2.9 can), so DANIE's fp32 channel self-attention would get "
+                           f"a bf16 backward (danie_nnunet/compiled.py)")
+        # under DDP nnU-Net makes each of DANIE's 62 BatchNorms a SyncBatchNorm, which torch.compile cannot trace
+        # (pytorch/pytorch#107372, #161302): 62 graph breaks, so eager unless nnUNet_compile=t asks
+        if self.is_ddp and not env_flag("nnUNet_compile", False):
+            return False, ("torch.compile is off under DDP: nnU-Net makes every BatchNorm a SyncBatchNorm, which "
+                           "torch.compile cannot trace (pytorch/pytorch#161302); nnUNet_compile=t compiles anyway")
+        ddp_note = " Under DDP every SyncBatchNorm breaks the compiled graph." if self.is_ddp else ""
+        return True, ("torch.compile on (nnU-Net's default; nnUNet_compile=f turns it off): the first training and "
+                      "validation steps compile for minutes; compiled backward passes are traced outside autocast, "
+                      "as eager autograd runs them (danie_nnunet/compiled.py)." + ddp_note)
+
     def _do_i_compile(self) -> bool:
-        # nnU-Net's decision (on CUDA, not on Windows, unless nnUNet_compile=f; a misspelt nnUNet_compile is
-        # refused here, where nnU-Net reads it as off), and only where torch can trace the compiled backward as
-        # eager autograd runs it: else DANIE's fp32 channel self-attention would get a bf16 backward
-        return env_flag("nnUNet_compile", True) and super()._do_i_compile() and can_trace_backward_outside_autocast()
+        return self._compile_decision()[0]
 
     def _configure_compile(self) -> None:
-        if self._do_i_compile():
+        compiles, reason = self._compile_decision()
+        if compiles:
             trace_backward_outside_autocast()
-            self.print_to_log_file("DANIE: torch.compile on (nnU-Net's default; nnUNet_compile=f turns it off): the "
-                                   "first training and validation steps compile for minutes; compiled backward "
-                                   "passes are traced outside autocast, as eager autograd runs them "
-                                   "(danie_nnunet/compiled.py)", also_print_to_console=True)
-        elif env_flag("nnUNet_compile", True) and super()._do_i_compile():
-            self.print_to_log_file(f"DANIE: torch.compile is off: torch {torch.__version__} cannot trace compiled "
-                                   f"backward passes outside autocast (torch >= 2.9 can), so DANIE's fp32 channel "
-                                   f"self-attention would get a bf16 backward (danie_nnunet/compiled.py)",
-                                   also_print_to_console=True)
-        else:
-            self.print_to_log_file("DANIE: torch.compile is off (nnUNet_compile=f); compiled, DANIE-L trains faster "
-                                   "and with less memory (docs/performance.md)")
+        self.print_to_log_file(f"DANIE: {reason}", also_print_to_console=compiles or "nnUNet_compile=f" not in reason)
 
     def _recompute_if_batch_does_not_fit(self) -> None:
         """Recompute in the backward pass as few segments as the batch needs to fit the card, or DANIE_memory_gib
