@@ -8,10 +8,12 @@
 #
 # Here, before the calls (builds .whl/ with nnU-Net's packages and this package's wheel):
 #   bash ../shared/device/prepare-wheels.sh && python3 -m pip wheel -q --no-deps -w .whl .
-# A session's 15 minutes of device time (machine start about 30 s) hold eager, then e2e:
+# A session's 15 minutes of device time (machine start about 30 s) hold two of these; first eager (does compiling,
+# the trainers' default since 2026-11-27, pay against eager on one card?), then compile with MODELS=S,U-Net (the
+# compiled DANIE-S, never timed) or e2e:
 # eager (about 6 min): the eager channels-last rows of U-Net, L and S at 512x12 with single-tile and CUDA graph
-#   columns (DANIE's default training and inference, and nnU-Net's eager U-Net, on one card), and L with as
-#   little recomputation as fits 12 GiB (cl+fit12) and with its LayerNorms in bf16 (cl+fn)
+#   columns (DANIE's training with nnUNet_compile=f and its default inference, and nnU-Net's eager U-Net, on one
+#   card), and L with as little recomputation as fits 12 GiB (cl+fit12) and with its LayerNorms in bf16 (cl+fn)
 #   run(command="bash bench/gpu_checks.sh eager", carry=[".whl"], timeout_s=380)
 # e2e (about 6 min): nnUNetv2_train epoch time (both eager) and nnUNetv2_predict seconds, DANIE-L vs nnU-Net;
 #   DANIE-L's predict runs with CUDA graphs (the trainer's default) and again without (DANIE_cuda_graphs=f),
