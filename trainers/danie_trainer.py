@@ -11,14 +11,13 @@ Changes against nnUNetTrainer, nothing else:
 - ImageNet MaxViT weights are loaded from $DANIE_PRETRAINED when training starts (never at inference);
 - speed (issue 4, docs/performance.md): channels-last memory format and fused AdamW; torch.compile as nnU-Net
   decides it (on CUDA unless nnUNet_compile=f; under DDP only if nnUNet_compile=t: SyncBatchNorm cannot be traced),
-  with the backward traced outside autocast as eager autograd runs it
-  (on an H100 the compiled DANIE-L passed the same-function check at 108.6 ms per step and 15.6 GiB, faster than
-  the eager channels-last DANIE-L on the faster-memory H200, 130.4 ms and 20.9 GiB; compiling takes minutes at
-  the first training and validation step); inference (nnUNetv2_predict, the final validation) runs the
-  uncompiled network and replays a captured CUDA graph per single-tile signature (on an H100 2.85x the eager
-  single-tile throughput of DANIE-L, output identical; DANIE_cuda_graphs=f turns it off); activation
-  recomputation when the planned batch would not fit the card, of as few segments as the estimate needs (or as
-  DANIE_memory_gib asks).
+  with the backward traced outside autocast as eager autograd runs it (on an H100 the compiled DANIE-L passed the
+  same-function check at 108.6 ms per step and 15.6 GiB, faster than the eager channels-last DANIE-L on the
+  faster-memory H200, 130.4 ms and 20.9 GiB; compiling takes minutes at the first training and validation step);
+  inference (nnUNetv2_predict, the final validation) runs the uncompiled network and replays a captured CUDA graph
+  per single-tile signature (on an H100 2.85x the eager single-tile throughput of DANIE-L, output identical;
+  DANIE_cuda_graphs=f turns it off); activation recomputation when the planned batch would not fit the card, of as
+  few segments as the estimate needs (or as DANIE_memory_gib asks).
 Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
 are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
 ones stop the run (nonfinite_guard.py).
