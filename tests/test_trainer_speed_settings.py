@@ -14,6 +14,21 @@ from danie_nnunet.trainers import DANIETrainer, DANIETrainer_recompute, DANIETra
 from danie_nnunet.trainers.danie_trainer import DANIEConfigurationError, memory_budget_gib
 
 
+def _set_env(monkeypatch, name, value):
+    """`value` None: the variable unset."""
+    if value is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, value)
+
+
+def _on_a_cuda_machine(monkeypatch, nnunet_compile):
+    """nnUNet_compile set to `nnunet_compile` (None: unset), and nnU-Net's own decision as on a CUDA machine: compile
+    unless nnUNet_compile is off."""
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: nnunet_compile not in ("f", "0"))
+    _set_env(monkeypatch, "nnUNet_compile", nnunet_compile)
+
+
 def _bare(cls):
     """A trainer object without nnU-Net's setup (which needs a preprocessed dataset): enough for one method."""
     trainer = cls.__new__(cls)
@@ -24,12 +39,7 @@ def _bare(cls):
 
 @pytest.mark.parametrize("env, expected", [(None, True), ("t", True), ("1", True), ("f", False), ("0", False)])
 def test_compile_follows_nnunet_compile_as_nnunet_does(monkeypatch, env, expected):
-    # nnU-Net itself says yes on a CUDA machine unless nnUNet_compile is off
-    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: env not in ("f", "0"))
-    if env is None:
-        monkeypatch.delenv("nnUNet_compile", raising=False)
-    else:
-        monkeypatch.setenv("nnUNet_compile", env)
+    _on_a_cuda_machine(monkeypatch, env)
     assert DANIETrainer._do_i_compile(_bare(DANIETrainer)) is expected
 
 
@@ -47,10 +57,7 @@ def test_a_misspelt_switch_is_refused_with_the_values_it_takes(monkeypatch):
 
 @pytest.mark.parametrize("env, expected", [(None, True), ("", True), ("t", True), ("F", False), ("0", False)])
 def test_cuda_graph_inference_is_on_unless_danie_cuda_graphs_turns_it_off(monkeypatch, env, expected):
-    if env is None:
-        monkeypatch.delenv("DANIE_cuda_graphs", raising=False)
-    else:
-        monkeypatch.setenv("DANIE_cuda_graphs", env)
+    _set_env(monkeypatch, "DANIE_cuda_graphs", env)
     net = DANIETrainer_S.build_network_architecture(None, types.SimpleNamespace(patch_size=[64, 64]), 1, 3)
     assert (net.cuda_graphs is not None) is expected
 
@@ -70,10 +77,7 @@ def _recomputed(network):
 
 @pytest.mark.parametrize("card_gib, env", [(1000.0, None), (0.5, None), (1000.0, "0.4")])
 def test_recompute_switches_on_for_what_does_not_fit_the_card_or_the_asked_budget(monkeypatch, card_gib, env):
-    if env is None:
-        monkeypatch.delenv("DANIE_memory_gib", raising=False)
-    else:
-        monkeypatch.setenv("DANIE_memory_gib", env)
+    _set_env(monkeypatch, "DANIE_memory_gib", env)
     trainer = _bare(DANIETrainer_S)
     trainer.network, trainer.batch_size, trainer.device = create_danie("S", (64, 64), 1, 3), 4, torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "get_device_properties",
@@ -121,11 +125,7 @@ def test_adamw_is_fused_on_cuda_only():
 
 @pytest.mark.parametrize("env", [None, "t", "f"])
 def test_a_compiling_trainer_traces_backward_outside_autocast(monkeypatch, env):
-    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: env != "f")
-    if env is None:
-        monkeypatch.delenv("nnUNet_compile", raising=False)
-    else:
-        monkeypatch.setenv("nnUNet_compile", env)
+    _on_a_cuda_machine(monkeypatch, env)
     trainer = _bare(DANIETrainer_S)
     with torch._functorch.config.patch(backward_pass_autocast="same_as_forward"):  # restored after
         trainer._configure_compile()
@@ -137,11 +137,7 @@ def test_a_compiling_trainer_traces_backward_outside_autocast(monkeypatch, env):
 @pytest.mark.parametrize("env, expected", [(None, False), ("t", True), ("f", False)])
 def test_under_ddp_compile_only_when_asked(monkeypatch, env, expected):
     # nnU-Net makes every BatchNorm a SyncBatchNorm under DDP, and torch.compile cannot trace those
-    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: env != "f")
-    if env is None:
-        monkeypatch.delenv("nnUNet_compile", raising=False)
-    else:
-        monkeypatch.setenv("nnUNet_compile", env)
+    _on_a_cuda_machine(monkeypatch, env)
     trainer = _bare(DANIETrainer)
     trainer.is_ddp = True
     assert DANIETrainer._do_i_compile(trainer) is expected
@@ -154,8 +150,7 @@ def test_under_ddp_compile_only_when_asked(monkeypatch, env, expected):
 
 def test_no_compile_where_torch_cannot_trace_the_backward_outside_autocast(monkeypatch):
     # before torch 2.9 a compiled ES block would get a bf16 backward (danie_nnunet/compiled.py)
-    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)
-    monkeypatch.delenv("nnUNet_compile", raising=False)
+    _on_a_cuda_machine(monkeypatch, None)
     monkeypatch.delattr(torch._functorch.config, "backward_pass_autocast", raising=False)
     trainer = _bare(DANIETrainer_S)
     assert DANIETrainer._do_i_compile(trainer) is False
