@@ -1,6 +1,7 @@
 """DANIETrainer's speed settings (issue 4): torch.compile as nnU-Net decides it (with the backward outside autocast),
 an uncompiled final validation, channels-last networks, CUDA graph inference unless turned off, fused AdamW, and as
 much recomputation as the planned batch needs to fit the card (or DANIE_memory_gib)."""
+import os
 import types
 
 import pytest
@@ -10,7 +11,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from danie_nnunet import create_danie
 from danie_nnunet.memory import estimate_training_memory
 from danie_nnunet.recompute import recompute_candidates
-from danie_nnunet.trainers import DANIETrainer, DANIETrainer_recompute, DANIETrainer_S
+from danie_nnunet.trainers import DANIETrainer, DANIETrainer_recompute, DANIETrainer_S, danie_trainer
 from danie_nnunet.trainers.danie_trainer import DANIEConfigurationError, memory_budget_gib
 
 
@@ -32,8 +33,12 @@ def _on_a_cuda_machine(monkeypatch, nnunet_compile):
 def _bare(cls):
     """A trainer object without nnU-Net's setup (which needs a preprocessed dataset): enough for one method."""
     trainer = cls.__new__(cls)
-    trainer.logged, trainer.is_ddp = [], False
-    trainer.print_to_log_file = lambda *a, **k: trainer.logged.append(" ".join(map(str, a)))
+    trainer.logged, trainer.shown, trainer.is_ddp = [], [], False
+
+    def log(*args, also_print_to_console=False, **kwargs):
+        trainer.logged.append(" ".join(map(str, args)))
+        trainer.shown.append(also_print_to_console)
+    trainer.print_to_log_file = log
     return trainer
 
 
@@ -43,10 +48,21 @@ def test_compile_follows_nnunet_compile_as_nnunet_does(monkeypatch, env, expecte
     assert DANIETrainer._do_i_compile(_bare(DANIETrainer)) is expected
 
 
-def test_no_compile_where_nnunet_says_no(monkeypatch):
-    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: False)  # a CPU, MPS or Windows machine
+@pytest.mark.parametrize("device, os_name, expected_line, shown", [
+    ("cpu", "posix", "nnU-Net does not compile on a cpu device", False),
+    ("mps", "posix", "nnU-Net does not compile on a mps device", False),
+    ("cuda", "nt", "nnU-Net does not compile on Windows (no triton)", True),
+    ("cuda", "posix", "nnU-Net does not compile here", True)])
+def test_no_compile_where_nnunet_says_no_and_the_log_says_why(monkeypatch, device, os_name, expected_line, shown):
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: False)  # nnU-Net's rule for these machines
+    monkeypatch.setattr(danie_trainer, "os", types.SimpleNamespace(name=os_name, environ=os.environ))
     monkeypatch.setenv("nnUNet_compile", "t")
-    assert DANIETrainer._do_i_compile(_bare(DANIETrainer)) is False
+    trainer = _bare(DANIETrainer)
+    trainer.device = torch.device(device)
+    assert DANIETrainer._do_i_compile(trainer) is False
+    trainer._configure_compile()
+    assert expected_line in trainer.logged[0] and "nnUNet_compile=f" not in trainer.logged[0]
+    assert trainer.shown == [shown]
 
 
 def test_a_misspelt_switch_is_refused_with_the_values_it_takes(monkeypatch):
@@ -132,6 +148,7 @@ def test_a_compiling_trainer_traces_backward_outside_autocast(monkeypatch, env):
         setting = torch._functorch.config.backward_pass_autocast
     assert setting == ("same_as_forward" if env == "f" else "off")
     assert ("torch.compile is off (nnUNet_compile=f)" if env == "f" else "outside autocast") in trainer.logged[0]
+    assert trainer.shown == [env != "f"]  # the minutes of compiling are announced; an asked-for "off" is only logged
 
 
 @pytest.mark.parametrize("env, expected", [(None, False), ("t", True), ("f", False)])

@@ -25,7 +25,7 @@ ones stop the run (nonfinite_guard.py).
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
@@ -89,6 +89,14 @@ def fit_plans_to_danie(plans: dict, configuration: str, cfg: DANIEConfig) -> str
         return f"DANIE-{cfg.name}: patch size {patch_size} (a multiple of 32) used as planned"
     return (f"DANIE-{cfg.name}: patch size {patch_size} of configuration {configuration!r} rounded up to "
             f"{rounded} (DANIE needs multiples of 32; nnU-Net pads smaller images)")
+
+
+class CompileDecision(NamedTuple):
+    """DANIETrainer's torch.compile decision: whether, why (for the log), and whether the console shows it too
+    (always when compiling, which takes minutes; not where the user turned it off or on a CPU/MPS run)."""
+    compiles: bool
+    reason: str
+    to_console: bool = True
 
 
 def env_flag(name: str, default: bool) -> bool:
@@ -198,35 +206,44 @@ class DANIETrainer(nnUNetTrainer):
         else:
             self.print_to_log_file(f"DANIE: {report}", also_print_to_console=True)
 
-    def _compile_decision(self) -> Tuple[bool, str]:
-        """Whether to compile the network, and the log line that says why."""
-        # nnU-Net's decision (on CUDA, not on Windows, unless nnUNet_compile=f); a misspelt nnUNet_compile is
-        # refused here, where nnU-Net reads it as off
-        if not (env_flag("nnUNet_compile", True) and super()._do_i_compile()):
-            return False, ("torch.compile is off (nnUNet_compile=f); compiled, DANIE-L trains faster and with less "
-                           "memory (docs/performance.md)")
+    def _compile_decision(self) -> CompileDecision:
+        """Whether to compile the network, the log line that says why, and whether the console shows it too."""
+        # a misspelt nnUNet_compile is refused here, where nnU-Net reads it as off
+        if not env_flag("nnUNet_compile", True):
+            return CompileDecision(False, "torch.compile is off (nnUNet_compile=f); compiled, DANIE-L trains faster "
+                                          "and with less memory (docs/performance.md)", to_console=False)
+        # nnU-Net's own rule: not on CPU or MPS, not on Windows (it logs why when nnUNet_compile=t asked)
+        if not super()._do_i_compile():
+            if self.device.type != "cuda":  # a CPU or MPS run, as in tests: no need to tell the console
+                return CompileDecision(False, f"torch.compile is off: nnU-Net does not compile on a {self.device.type} "
+                                              f"device", to_console=False)
+            where = "on Windows (no triton)" if os.name == "nt" else "here (nnUNetTrainer._do_i_compile)"
+            return CompileDecision(False, f"torch.compile is off: nnU-Net does not compile {where}")
         if not can_trace_backward_outside_autocast():  # DANIE's fp32 ES block would get a bf16 backward
-            return False, (f"torch.compile is off: torch {torch.__version__} cannot trace compiled backward passes "
-                           f"outside autocast (torch >= 2.9 can), so DANIE's fp32 channel self-attention would get "
-                           f"a bf16 backward (danie_nnunet/compiled.py)")
+            return CompileDecision(False, (
+                f"torch.compile is off: torch {torch.__version__} cannot trace compiled backward passes outside "
+                f"autocast (torch >= 2.9 can), so DANIE's fp32 channel self-attention would get a bf16 backward "
+                f"(danie_nnunet/compiled.py)"))
         # under DDP nnU-Net makes each of DANIE's 62 BatchNorms a SyncBatchNorm, which torch.compile cannot trace
         # (pytorch/pytorch#107372, #161302): 62 graph breaks, so eager unless nnUNet_compile=t asks
         if self.is_ddp and not env_flag("nnUNet_compile", False):
-            return False, ("torch.compile is off under DDP: nnU-Net makes every BatchNorm a SyncBatchNorm, which "
-                           "torch.compile cannot trace (pytorch/pytorch#161302); nnUNet_compile=t compiles anyway")
+            return CompileDecision(False, (
+                "torch.compile is off under DDP: nnU-Net makes every BatchNorm a SyncBatchNorm, which torch.compile "
+                "cannot trace (pytorch/pytorch#161302); nnUNet_compile=t compiles anyway"))
         ddp_note = " Under DDP every SyncBatchNorm breaks the compiled graph." if self.is_ddp else ""
-        return True, ("torch.compile on (nnU-Net's default; nnUNet_compile=f turns it off): the first training and "
-                      "validation steps compile for minutes; compiled backward passes are traced outside autocast, "
-                      "as eager autograd runs them (danie_nnunet/compiled.py)." + ddp_note)
+        return CompileDecision(True, (
+            "torch.compile on (nnU-Net's default; nnUNet_compile=f turns it off): the first training and validation "
+            "steps compile for minutes; compiled backward passes are traced outside autocast, as eager autograd runs "
+            "them (danie_nnunet/compiled.py)." + ddp_note))
 
     def _do_i_compile(self) -> bool:
-        return self._compile_decision()[0]
+        return self._compile_decision().compiles
 
     def _configure_compile(self) -> None:
-        compiles, reason = self._compile_decision()
-        if compiles:
+        decision = self._compile_decision()
+        if decision.compiles:
             trace_backward_outside_autocast()
-        self.print_to_log_file(f"DANIE: {reason}", also_print_to_console=compiles or "nnUNet_compile=f" not in reason)
+        self.print_to_log_file(f"DANIE: {decision.reason}", also_print_to_console=decision.to_console)
 
     def _recompute_if_batch_does_not_fit(self) -> None:
         """Recompute in the backward pass as few segments as the batch needs to fit the card, or DANIE_memory_gib
