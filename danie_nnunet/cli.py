@@ -32,12 +32,16 @@ def cmd_info(args) -> int:
               f"({100 * (cost.gmacs / paper - 1):+.1f}%)")
     if args.batch:
         from .memory import budget_note, estimate_training_memory, plan_recompute
-        memory = estimate_training_memory(args.variant, args.size, args.in_chans, args.classes)
-        print(f"training memory estimate (bf16, AdamW): {memory.fixed_gib:.2f} GiB + {memory.per_slice_gib:.3f} GiB "
-              f"per slice = {memory.total_gib(args.batch):.1f} GiB at batch {args.batch}")
+        for compiled, how in ((False, "eager, nnUNet_compile=f"), (True, "compiled, nnU-Net's default on CUDA")):
+            memory = estimate_training_memory(args.variant, args.size, args.in_chans, args.classes, compiled=compiled)
+            print(f"training memory estimate (bf16, AdamW; {how}): {memory.fixed_gib:.2f} GiB + "
+                  f"{memory.per_slice_gib:.3f} GiB per slice = {memory.total_gib(args.batch):.1f} GiB at batch "
+                  f"{args.batch}")
         if args.memory_gib:  # what DANIETrainer does with DANIE_memory_gib set to this
-            plan = plan_recompute(args.variant, args.size, args.in_chans, args.classes, args.batch, args.memory_gib)
-            print(f"with DANIE_memory_gib={args.memory_gib:g}: {budget_note(plan)}")
+            plan = plan_recompute(args.variant, args.size, args.in_chans, args.classes, args.batch, args.memory_gib,
+                                  compiled=not args.eager)
+            print(f"with DANIE_memory_gib={args.memory_gib:g}{' and nnUNet_compile=f' if args.eager else ''}: "
+                  f"{budget_note(plan)}")
             if plan.segments:
                 print("recomputed segments: " + ", ".join(plan.segments))
     return 0
@@ -105,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=0, help="also estimate the training memory at this batch size")
     p.add_argument("--memory-gib", type=float, default=0.0, help="with --batch: the segments DANIETrainer recomputes "
                    "to fit this many GiB (as with DANIE_memory_gib)")
+    p.add_argument("--eager", action="store_true", help="with --memory-gib: plan for the uncompiled network, as "
+                   "DANIETrainer does with nnUNet_compile=f (default: compiled, as on CUDA)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("ext-path", help="print the folder for nnU-Net's nnUNet_extTrainer variable")

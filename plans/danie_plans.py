@@ -11,7 +11,9 @@ The batch size is the largest that DANIE's training memory estimate fits in 85 %
 nnU-Net's 5 % dataset cap. Where not even nnU-Net's minimum of 2 slices fits that way, or a larger `--batch-size`
 is asked for, the notes give the segments the DANIE trainers will recompute in the backward pass to fit it on
 such a card (`danie_nnunet/memory.py: plan_recompute`) and what that costs; a batch that does not fit even then
-is refused (or, when asked for, warned about).
+is refused (or, when asked for, warned about). The estimate is the uncompiled network's, so a batch fits with or
+without `nnUNet_compile=f`; compiled (the trainers' default on CUDA) the network keeps less, and a compiling
+trainer may recompute nothing where the notes list segments.
 
 Each configuration inherits from `2d` and carries its whole `architecture` block (inheritance is a shallow
 merge), so the stock `nnUNetv2_preprocess -c 2d_danie_p224`, `nnUNetv2_train DATASET 2d_danie_p224 FOLD -tr
@@ -103,8 +105,8 @@ def danie_configuration(plans: dict, dataset_json: dict, request: PlanRequest) -
         total = plan.estimate.total_gib(batch_size)
         notes.append(f"{'warning: ' if not plan.fits else ''}batch {batch_size} exceeds the estimate for "
                      f"DANIE-{request.variant} without recomputation ({memory.total_gib(batch_size):.1f} GiB; "
-                     f"{fits} slices fit in {request.gpu_memory_gib:g} GiB); the DANIE trainers plan for it on such a "
-                     f"card: {budget_note(plan)}")
+                     f"{fits} slices fit in {request.gpu_memory_gib:g} GiB); uncompiled, the DANIE trainers plan for "
+                     f"it on such a card: {budget_note(plan)}")
     notes.append(f"batch size {base.batch_size} -> {batch_size} ({why}); estimated training memory {total:.1f} GiB")
     configuration = {
         "inherits_from": "2d",

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from danie_nnunet.memory import (_estimate, _meta_network, _Profile, _profiles, budget_note, estimate_training_memory,
-                                 plan_recompute)
+from danie_nnunet.config import get_config
+from danie_nnunet.memory import (COMPILED_SHARE, _estimate, _meta_network, _Profile, _profiles, budget_note,
+                                 compiled_share, estimate_training_memory, plan_recompute, trace_compiled_share)
 from danie_nnunet.recompute import DEFAULT_SEGMENTS, recompute_candidates, set_recompute
 
 PATCH, CHANS, CLASSES, BATCH = (64, 64), 1, 3, 4
@@ -68,9 +69,11 @@ def test_info_prints_the_estimate_and_what_a_memory_budget_recomputes(capsys):
     assert main(["info", "--variant", "S", "--size", "64", "--in-chans", "1", "--classes", "3", "--batch", "4",
                  "--memory-gib", "0.1"]) == 0
     out = capsys.readouterr().out
-    plain = estimate_training_memory("S", PATCH, CHANS, CLASSES).total_gib(BATCH)
-    assert f"= {plain:.1f} GiB at batch 4" in out
-    assert "with DANIE_memory_gib=0.1: recomputing" in out and "recomputed segments: sap.stem" in out
+    for compiled in (False, True):
+        total = estimate_training_memory("S", PATCH, CHANS, CLASSES, compiled=compiled).total_gib(BATCH)
+        assert f"{'compiled' if compiled else 'eager'}, nnU" in out and f"= {total:.1f} GiB at batch 4" in out
+    assert "with DANIE_memory_gib=0.1: recomputing" in out
+    assert "recomputed segments: sap.stem" in out
 
 
 def test_segment_names_are_resolved_as_set_recompute_resolves_them():
@@ -79,3 +82,29 @@ def test_segment_names_are_resolved_as_set_recompute_resolves_them():
     assert without_hap == estimate_training_memory("A.1", PATCH, CHANS, CLASSES)
     with pytest.raises(ValueError, match="no submodule 'sap.stage_0'"):
         estimate_training_memory("S", PATCH, CHANS, CLASSES, recompute=["sap.stage_0"])
+
+
+def test_compiled_the_estimate_keeps_its_share_per_slice_and_plans_for_it(extremes):
+    eager = estimate_training_memory("S", PATCH, CHANS, CLASSES)
+    compiled = estimate_training_memory("S", PATCH, CHANS, CLASSES, compiled=True)
+    assert compiled.fixed_gib == eager.fixed_gib and compiled.per_slice_gib == COMPILED_SHARE * eager.per_slice_gib
+    # a budget between the two: the compiled network fits without recomputation, the eager one does not
+    budget = (eager.total_gib(BATCH) + compiled.total_gib(BATCH)) / 2
+    plan = plan_recompute("S", PATCH, CHANS, CLASSES, BATCH, budget, compiled=True)
+    assert plan.fits and plan.segments == [] and plan.compiled and "GiB compiled, within" in budget_note(plan)
+    assert plan_recompute("S", PATCH, CHANS, CLASSES, BATCH, budget).segments
+    # where even the compiled network needs recomputation, the segments are the eager plan's (an upper bound)
+    tight = compiled.total_gib(BATCH) - 0.01
+    fast, plain = (plan_recompute("S", PATCH, CHANS, CLASSES, BATCH, tight, compiled=c) for c in (True, False))
+    assert fast.segments == plain.segments and fast.estimate == plain.estimate and fast.compiled
+    assert "(estimated uncompiled; compiled, less)" in budget_note(fast) and "uncompiled" not in budget_note(plain)
+    # the share only where it was measured; any other configuration keeps the eager estimate
+    assert compiled_share("L") == compiled_share("S") == COMPILED_SHARE == compiled_share(
+        get_config("L", head_upsample="interpolate"))
+    assert compiled_share("A.3") == compiled_share(get_config("S", dcal=False)) == 1.0
+
+
+def test_the_compiled_share_is_what_the_partitioner_keeps():
+    # the constant stays on the safe side of the trace with the installed torch (about two minutes on a CPU)
+    traced = trace_compiled_share("S", PATCH, CHANS, CLASSES)
+    assert 0.5 < traced.share <= COMPILED_SHARE, traced

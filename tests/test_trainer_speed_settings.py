@@ -91,23 +91,40 @@ def _recomputed(network):
     return [n for n, m in network.named_modules() if getattr(m, "_danie_recompute", False)]
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("card_gib, env", [(1000.0, None), (0.5, None), (1000.0, "0.4")])
-def test_recompute_switches_on_for_what_does_not_fit_the_card_or_the_asked_budget(monkeypatch, card_gib, env):
+def test_recompute_switches_on_for_what_does_not_fit_the_card_or_the_asked_budget(monkeypatch, card_gib, env,
+                                                                                  compiled):
     _set_env(monkeypatch, "DANIE_memory_gib", env)
+    monkeypatch.setattr(DANIETrainer, "_do_i_compile", lambda self: compiled)
     trainer = _bare(DANIETrainer_S)
     trainer.network, trainer.batch_size, trainer.device = create_danie("S", (64, 64), 1, 3), 4, torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: types.SimpleNamespace(total_memory=card_gib * 2 ** 30))
     trainer._recompute_if_batch_does_not_fit()
     budget = 0.85 * card_gib if env is None else float(env)
-    need = estimate_training_memory("S", (64, 64), 1, 3).total_gib(4)
+    need = estimate_training_memory("S", (64, 64), 1, 3, compiled=compiled).total_gib(4)
     recomputed = _recomputed(trainer.network)
     assert bool(recomputed) is (need > budget)
     if need > budget:  # planned segments (tests/test_memory.py tests the plan), and the log says what they reach
         assert set(recomputed) <= set(recompute_candidates(trainer.network))
-        reached = estimate_training_memory("S", (64, 64), 1, 3, recompute=recomputed).total_gib(4)
+        reached = estimate_training_memory("S", (64, 64), 1, 3, recompute=recomputed).total_gib(4)  # eager plan
         assert f"about {reached:.1f} GiB" in trainer.logged[0] and f"budget {budget:.1f} GiB" in trainer.logged[0]
     assert len(trainer.logged) == (1 if need > budget or env else 0)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_compiling_trainer_plans_for_the_compiled_network(monkeypatch, compiled):
+    # a budget between the compiled and the eager estimate: only the eager network needs recomputation
+    eager, fast = (estimate_training_memory("S", (64, 64), 1, 3, compiled=c).total_gib(4) for c in (False, True))
+    monkeypatch.setenv("DANIE_memory_gib", f"{(eager + fast) / 2:.6f}")
+    monkeypatch.setattr(DANIETrainer, "_do_i_compile", lambda self: compiled)
+    trainer = _bare(DANIETrainer_S)
+    trainer.network, trainer.batch_size, trainer.device = create_danie("S", (64, 64), 1, 3), 4, torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=2 ** 40))
+    trainer._recompute_if_batch_does_not_fit()
+    assert bool(_recomputed(trainer.network)) is not compiled
+    assert (f"about {fast:.1f} GiB compiled, within" in trainer.logged[0]) is compiled
 
 
 @pytest.mark.parametrize("value", ["twelve", "0", "-3", "inf", "nan"])
