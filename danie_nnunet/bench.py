@@ -221,9 +221,10 @@ def _outputs_and_grads(step: TrainStep, x: torch.Tensor):
 
 
 def build_danie(model: str, patch: int, in_chans: int, num_classes: int, variant: str = "plain",
-                head_upsample: str = "matmul", batch: int = 1) -> torch.nn.Module:
+                head_upsample: str = "matmul", batch: int = 1, compiled: bool = False) -> torch.nn.Module:
     """DANIE-S/L with deep supervision in a bench variant ('plain' = contiguous NCHW, no recomputation); a
-    variant with a memory budget recomputes what training at `batch` needs to fit it."""
+    variant with a memory budget recomputes what training at `batch` needs to fit it, planned as DANIETrainer
+    plans it for the network compiled or not."""
     from .memory import plan_recompute
     from .network import create_danie
     net = create_danie(model, (patch, patch), in_chans, num_classes, deep_supervision=True,
@@ -236,7 +237,8 @@ def build_danie(model: str, patch: int, in_chans: int, num_classes: int, variant
     if opts["recompute"] is True:
         net.set_grad_checkpointing()
     elif opts["recompute"]:
-        plan = plan_recompute(model, (patch, patch), in_chans, num_classes, batch, opts["recompute"])
+        plan = plan_recompute(model, (patch, patch), in_chans, num_classes, batch, opts["recompute"],
+                              compiled=compiled)
         net.set_grad_checkpointing(segments=plan.segments)
     return net
 
@@ -264,7 +266,8 @@ def _danie_training(model: str, variant: str, compiled: bool, patch: int, batch:
     """A DANIE in a bench variant (matmul heads, compiled or not) with DANIETrainer's step, an input and targets."""
     torch.manual_seed(0)
     dtype = torch.float32 if device.type == "cuda" else CPU_DTYPE
-    net = build_danie(model, patch, in_chans, num_classes, variant, batch=batch).to(device=device, dtype=dtype)
+    net = build_danie(model, patch, in_chans, num_classes, variant, batch=batch, compiled=compiled)
+    net.to(device=device, dtype=dtype)
     net.train()
     x = torch.randn(batch, in_chans, patch, patch, device=device, dtype=dtype)
     target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
@@ -390,7 +393,7 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
 def explain_compile(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
                     device: torch.device, amp_dtype: torch.dtype) -> str:
     """torch._dynamo.explain of a training forward (autocast as in training): graphs and graph-break reasons."""
-    net = build_danie(model, patch, in_chans, num_classes, variant, batch=batch).to(device).train()
+    net = build_danie(model, patch, in_chans, num_classes, variant, batch=batch, compiled=True).to(device).train()
     x = torch.randn(batch, in_chans, patch, patch, device=device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
         explanation = torch._dynamo.explain(net)(x)

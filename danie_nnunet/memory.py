@@ -42,8 +42,8 @@ GIB = 2 ** 30
 BYTES_PER_PARAM = 4 + 4 + 8  # fp32 weight, gradient, AdamW exp_avg and exp_avg_sq
 HEADROOM = 0.85  # share of the card's memory planned for; the rest: CUDA context, allocator, cuDNN workspaces
 # per-slice bytes of the compiled network against the eager one (trace_compiled_share, torch 2.14.1: S 0.796 / 0.792 /
-# 0.791 and L 0.808 / 0.798 / 0.796 at 64 / 256 / 512 pixels), the largest rounded up; only for the configurations
-# it was measured for
+# 0.791 and L 0.808 / 0.798 / 0.796 at 64 / 256 / 512 pixels, 1 channel; S 0.789 and L 0.795 at 224 pixels, 3
+# channels), the largest rounded up; only for the configurations it was measured for
 COMPILED_SHARE = 0.82
 COMPILED_SHARE_MEASURED_FOR = ("S", "L")
 

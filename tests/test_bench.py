@@ -51,3 +51,14 @@ def test_bench_skips_rows_past_its_time_budget():
 def test_fast_paths_match_the_plain_formulation_on_cpu():
     lines = check_fast_paths("cpu", model="S", patch=64, batch=2, compile_check=False)
     assert lines[-1].endswith("all fast paths match") and sum(" PASS " in line for line in lines) == 6
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_budgeted_variant_recomputes_as_the_trainer_would(monkeypatch, compiled):
+    # a budget between the compiled and the eager estimate: only the uncompiled network needs recomputation
+    from danie_nnunet.memory import estimate_training_memory
+    eager, fast = (estimate_training_memory("S", (64, 64), 1, 3, compiled=c).total_gib(4) for c in (False, True))
+    monkeypatch.setitem(bench.VARIANTS, "cl+fit", dict(channels_last=True, recompute=(eager + fast) / 2))
+    net = bench.build_danie("S", 64, 1, 3, "cl+fit", batch=4, compiled=compiled)
+    recomputed = [m for m in net.modules() if getattr(m, "_danie_recompute", False)]
+    assert bool(recomputed) is not compiled and net.channels_last
