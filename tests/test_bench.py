@@ -28,8 +28,8 @@ def test_bench_prints_a_checked_row_per_model_mode_and_variant(tmp_path):
 def test_bench_check_fails_a_fast_path_that_changes_the_function(monkeypatch):
     build = bench.build_danie
 
-    def broken(model, patch, in_chans, num_classes, variant="plain", head_upsample="matmul", batch=1):
-        net = build(model, patch, in_chans, num_classes, variant, head_upsample, batch)
+    def broken(model, patch, in_chans, num_classes, variant="plain", **kwargs):
+        net = build(model, patch, in_chans, num_classes, variant, **kwargs)
         if variant == "cl":  # a "fast path" that adds a constant to one head
             net.heads.heads[0].register_forward_hook(lambda m, i, o: o + 1.0)
         return net
