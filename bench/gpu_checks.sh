@@ -22,6 +22,10 @@
 # compile (about 7 min): graph breaks, then the compiled table (DANIE-L first, with its check); MODELS=S,U-Net for
 #   DANIE-S (the trainers compile by default since 2026-11-27; the compiled DANIE-S is not yet timed)
 #   run(command="bash bench/gpu_checks.sh compile", carry=[".whl"], timeout_s=540)
+# defaults (about 9.5 min, one call): compiled DANIE-S and U-Net (checked and timed), then eager DANIE-S and DANIE-L
+#   run(command="bash bench/gpu_checks.sh defaults", carry=[".whl"], timeout_s=590)
+# profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps
+#   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
 # SMALL=1 shrinks every size so the script itself can be tried on a CPU.
@@ -57,6 +61,22 @@ if [ "$mode" = eager ]; then
   step bench_eager 230 $bench --configs $big --models U-Net,L --modes eager --variants cl,cl+fit12,cl+fn \
        --time-budget 170 --out "$OUT/bench_eager.md"
   step bench_eager_S 110 $bench --configs $big --models S --modes eager --variants cl --out "$OUT/bench_eager_S.md"
+elif [ "$mode" = defaults ]; then
+  # one call (about 9.5 min) for a session whose card has not run the trainers' default yet: the compiled DANIE-S
+  # (checked, timed, peak against memory.py's compiled estimate) and the compiled U-Net, then the eager DANIE-S and
+  # DANIE-L on the same card: whether compiling pays, both models, one card
+  step bench_compile 330 $bench --configs $big --models S,U-Net --modes compile --variants cl --time-budget 250 \
+       --out "$OUT/bench_compile.md"
+  step bench_eager_S 100 $bench --configs $big --models S --modes eager --variants cl --out "$OUT/bench_eager_S.md"
+  step bench_eager_L 120 $bench --configs $big --models L --modes eager --variants cl --out "$OUT/bench_eager_L.md"
+elif [ "$mode" = profile_compiled ]; then
+  # the compiled DANIE-S stepped slower (128.2 ms, 2026-11-27) than the compiled DANIE-L (108.6 ms, 2026-11-26),
+  # both on an H100, with the same operators and narrower channels: how much of each compiled step the device is
+  # busy, and which kernels take the time, S and L in one call
+  step profile_S 270 $bench --configs $big --models S --variants cl --modes compile --profile \
+       --out "$OUT/profile_S_compiled.txt"
+  step profile_L 300 $bench --configs $big --models L --variants cl --modes compile --profile \
+       --out "$OUT/profile_L_compiled.txt"
 elif [ "$mode" = bench ]; then
   step bench_eager 250 $bench --configs $big --models U-Net,S,L --modes eager --variants plain,cl,cl+rc \
        --out "$OUT/bench_eager.md"

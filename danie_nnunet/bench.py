@@ -372,22 +372,32 @@ def _mode_label(compiled: bool, compile_backend: str) -> str:
 
 
 def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
-                device: torch.device, amp_dtype: torch.dtype, row_limit: int = 25) -> str:
-    """The kernels of one eager training step, most device time first (torch.profiler)."""
+                device: torch.device, amp_dtype: torch.dtype, compiled: bool = False,
+                compile_backend: str = "inductor", warmup: int = 3, iters: int = 3, row_limit: int = 25) -> str:
+    """The kernels of one training step (eager or compiled), most device time first (torch.profiler), after a
+    line that says how much of the step's wall time the device was busy: a step that launches faster than the
+    device computes keeps it busy all the time; one bound by launches or host work does not."""
     from torch.profiler import ProfilerActivity, profile
     if model == "U-Net":
         raise ValueError("--profile takes a DANIE model (S or L)")
-    step, x = _danie_training(model, variant, False, patch, batch, in_chans, num_classes, device, amp_dtype)
-    for _ in range(2):
-        step(x)
+    step, x = _danie_training(model, variant, compiled, patch, batch, in_chans, num_classes, device, amp_dtype,
+                              compile_backend)
+    # compiled, the first step compiles; unprofiled, since the profiler itself slows the host side
+    wall_s = _timed(partial(step, x), device, max(warmup, 1), max(iters, 1))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         step(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
+    events = prof.key_averages()
+    mode = _mode_label(compiled, compile_backend)
+    head = f"DANIE-{model} {variant}, {batch}x{in_chans}x{patch}x{patch}, one {mode} training step: " \
+           f"{1e3 * wall_s:.1f} ms wall (median of {max(iters, 1)}, unprofiled)"
+    if device.type == "cuda":
+        busy_ms = sum(e.self_device_time_total for e in events) / 1e3
+        head += f", device busy {busy_ms:.1f} ms of it ({100 * busy_ms / (1e3 * wall_s):.0f} %)"
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return (f"DANIE-{model} {variant}, {batch}x{in_chans}x{patch}x{patch}, one eager training step\n"
-            + prof.key_averages().table(sort_by=sort, row_limit=row_limit, max_name_column_width=60))
+    return head + "\n" + events.table(sort_by=sort, row_limit=row_limit, max_name_column_width=60)
 
 
 def explain_compile(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
@@ -510,8 +520,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="also write the table to this Markdown file (after every row)")
     p.add_argument("--check-fast-paths", action="store_true", help="only compare each fast formulation with the "
                    "plain one (no timing), on the first config and DANIE model; compiled too if --modes has compile")
-    p.add_argument("--profile", action="store_true", help="only profile one eager training step of the first DANIE "
-                   "model and variant on the first config: the kernels that take most device time")
+    p.add_argument("--profile", action="store_true", help="only profile one training step of the first DANIE "
+                   "model and variant on the first config (compiled with --modes compile): how much of the step the "
+                   "device is busy, and the kernels that take most device time")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -523,7 +534,8 @@ def _cmd_bench(args) -> int:
     if args.check_fast_paths or args.profile or args.explain:
         if args.profile:
             text = profile_row(danie_models[0], variants[0], *configs[0], args.in_chans, args.classes,
-                               _device(args.device), amp_dtype)
+                               _device(args.device), amp_dtype, args.modes == "compile", args.compile_backend,
+                               args.warmup, args.iters)
         elif args.explain:
             text = explain_compile(danie_models[0], variants[0], *configs[0], args.in_chans, args.classes,
                                    _device(args.device), amp_dtype)

@@ -62,3 +62,29 @@ def test_a_budgeted_variant_recomputes_as_the_trainer_would(monkeypatch, compile
     net = bench.build_danie("S", 64, 1, 3, "cl+fit", batch=4, compiled=compiled)
     recomputed = [m for m in net.modules() if getattr(m, "_danie_recompute", False)]
     assert bool(recomputed) is not compiled and net.channels_last
+
+
+def test_profile_names_the_compiled_step_its_wall_time_and_its_operators(capsys):
+    # backend "eager": Dynamo's graph run eagerly, no AOTAutograd or code generation, which a CPU test cannot afford
+    from danie_nnunet.cli import main
+    assert main(["bench", "--device", "cpu", "--configs", "32x2", "--models", "S", "--variants", "cl", "--profile",
+                 "--modes", "compile", "--compile-backend", "eager", "--warmup", "0", "--iters", "1"]) == 0
+    head, *table = capsys.readouterr().out.splitlines()
+    assert head.startswith("DANIE-S cl, 2x1x32x32, one compile (eager) training step: ") and " ms wall " in head
+    assert float(head.split("step: ")[1].split(" ms")[0]) > 0
+    assert any("aten::convolution" in line for line in table)
+
+
+@pytest.mark.parametrize("modes, compiled", [("eager,compile", False), ("eager", False), ("compile", True)])
+def test_profile_compiles_only_when_asked_for_compile_alone(monkeypatch, modes, compiled):
+    # the default modes (both) profile the eager step, as gpu_checks.sh's bench mode expects
+    from danie_nnunet.cli import main
+    seen = {}
+
+    def record(model, variant, patch, batch, in_chans, num_classes, device, amp_dtype, compiled, *rest):
+        seen["compiled"] = compiled
+        return ""
+
+    monkeypatch.setattr(bench, "profile_row", record)
+    assert main(["bench", "--device", "cpu", "--models", "S", "--profile", "--modes", modes]) == 0
+    assert seen["compiled"] is compiled
