@@ -12,7 +12,7 @@ from danie_nnunet import create_danie
 from danie_nnunet.memory import estimate_training_memory
 from danie_nnunet.recompute import recompute_candidates
 from danie_nnunet.trainers import DANIETrainer, DANIETrainer_recompute, DANIETrainer_S, danie_trainer
-from danie_nnunet.trainers.danie_trainer import DANIEConfigurationError, memory_budget_gib
+from danie_nnunet.trainers.danie_trainer import DANIEConfigurationError, is_compiled, memory_budget_gib
 
 
 def _set_env(monkeypatch, name, value):
@@ -96,18 +96,19 @@ def _recomputed(network):
 def test_recompute_switches_on_for_what_does_not_fit_the_card_or_the_asked_budget(monkeypatch, card_gib, env,
                                                                                   compiled):
     _set_env(monkeypatch, "DANIE_memory_gib", env)
-    monkeypatch.setattr(DANIETrainer, "_do_i_compile", lambda self: compiled)
     trainer = _bare(DANIETrainer_S)
-    trainer.network, trainer.batch_size, trainer.device = create_danie("S", (64, 64), 1, 3), 4, torch.device("cuda")
+    network = create_danie("S", (64, 64), 1, 3)
+    trainer.network, trainer.batch_size, trainer.device = (torch.compile(network) if compiled else network), 4, \
+        torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: types.SimpleNamespace(total_memory=card_gib * 2 ** 30))
     trainer._recompute_if_batch_does_not_fit()
     budget = 0.85 * card_gib if env is None else float(env)
     need = estimate_training_memory("S", (64, 64), 1, 3, compiled=compiled).total_gib(4)
-    recomputed = _recomputed(trainer.network)
+    recomputed = _recomputed(network)
     assert bool(recomputed) is (need > budget)
     if need > budget:  # planned segments (tests/test_memory.py tests the plan), and the log says what they reach
-        assert set(recomputed) <= set(recompute_candidates(trainer.network))
+        assert set(recomputed) <= set(recompute_candidates(network))
         reached = estimate_training_memory("S", (64, 64), 1, 3, recompute=recomputed).total_gib(4)  # eager plan
         assert f"about {reached:.1f} GiB" in trainer.logged[0] and f"budget {budget:.1f} GiB" in trainer.logged[0]
     assert len(trainer.logged) == (1 if need > budget or env else 0)
@@ -118,13 +119,23 @@ def test_a_compiling_trainer_plans_for_the_compiled_network(monkeypatch, compile
     # a budget between the compiled and the eager estimate: only the eager network needs recomputation
     eager, fast = (estimate_training_memory("S", (64, 64), 1, 3, compiled=c).total_gib(4) for c in (False, True))
     monkeypatch.setenv("DANIE_memory_gib", f"{(eager + fast) / 2:.6f}")
-    monkeypatch.setattr(DANIETrainer, "_do_i_compile", lambda self: compiled)
     trainer = _bare(DANIETrainer_S)
-    trainer.network, trainer.batch_size, trainer.device = create_danie("S", (64, 64), 1, 3), 4, torch.device("cuda")
+    network = create_danie("S", (64, 64), 1, 3)
+    # the plan follows the network nnU-Net's initialize built: compiled (wrapped, not yet traced) or not
+    trainer.network, trainer.batch_size, trainer.device = (torch.compile(network) if compiled else network), 4, \
+        torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=2 ** 40))
     trainer._recompute_if_batch_does_not_fit()
-    assert bool(_recomputed(trainer.network)) is not compiled
+    assert bool(_recomputed(network)) is not compiled
     assert (f"about {fast:.1f} GiB compiled, within" in trainer.logged[0]) is compiled
+
+
+def test_is_compiled_sees_the_compile_wrapper_under_ddp(monkeypatch):
+    network = torch.nn.Linear(2, 2)
+    ddp = types.SimpleNamespace(module=torch.compile(network))  # nnU-Net compiles first, then wraps in DDP
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", types.SimpleNamespace)
+    assert is_compiled(ddp) and is_compiled(ddp.module) and not is_compiled(network)
+    assert not is_compiled(types.SimpleNamespace(module=network))
 
 
 @pytest.mark.parametrize("value", ["twelve", "0", "-3", "inf", "nan"])

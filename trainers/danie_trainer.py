@@ -135,6 +135,13 @@ def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
+def is_compiled(network: torch.nn.Module) -> bool:
+    """Whether torch.compile wraps the network (nnU-Net compiles it before it wraps it in DDP)."""
+    if isinstance(network, torch.nn.parallel.DistributedDataParallel):
+        network = network.module
+    return isinstance(network, OptimizedModule)
+
+
 class DANIETrainer(nnUNetTrainer):
     """DANIE-L (the paper's headline model) trained with nnU-Net's data pipeline and the paper's recipe."""
 
@@ -248,8 +255,9 @@ class DANIETrainer(nnUNetTrainer):
     def _recompute_if_batch_does_not_fit(self) -> None:
         """Recompute in the backward pass as few segments as the batch needs to fit the card, or DANIE_memory_gib
         (danie_nnunet/memory.py: plan_recompute; the eager estimate was within 3 % of what an H200 measured for S
-        and L, with and without recomputation; compiled, 15 % above an H100's DANIE-L: a compiling trainer recomputes
-        nothing where its compiled estimate fits). DANIETrainer_recompute recomputes its fixed segments instead."""
+        and L, with and without recomputation; compiled, 13-15 % above an H100's DANIE-S and DANIE-L: a trainer whose
+        network nnU-Net compiled recomputes nothing where its compiled estimate fits). DANIETrainer_recompute
+        recomputes its fixed segments instead."""
         network = unwrap_network(self.network)
         if self.recompute or not isinstance(network, DANIE):
             return
@@ -257,7 +265,7 @@ class DANIETrainer(nnUNetTrainer):
         asked = memory_budget_gib()
         budget = HEADROOM * card if asked is None else min(asked, card)
         plan = plan_recompute(network.cfg, network.img_size, network.in_chans, network.num_classes,
-                              self.batch_size, budget, compiled=self._do_i_compile())
+                              self.batch_size, budget, compiled=is_compiled(self.network))
         if plan.segments:
             network.set_grad_checkpointing(segments=plan.segments)
         if plan.segments or asked is not None:
