@@ -26,6 +26,8 @@
 #   run(command="bash bench/gpu_checks.sh defaults", carry=[".whl"], timeout_s=590)
 # profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps
 #   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
+# overhead (about 9 min, one call): compiled DANIE-S, then DANIE-L if time allows, in Inductor's reduce-overhead mode
+#   (CUDA graphs of the training step): run(command="bash bench/gpu_checks.sh overhead", carry=[".whl"], timeout_s=590)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
 # SMALL=1 shrinks every size so the script itself can be tried on a CPU.
@@ -77,6 +79,11 @@ elif [ "$mode" = profile_compiled ]; then
        --out "$OUT/profile_S_compiled.txt"
   step profile_L 300 $bench --configs $big --models L --variants cl --modes compile --profile \
        --out "$OUT/profile_L_compiled.txt"
+elif [ "$mode" = overhead ]; then
+  # the compiled step replayed as CUDA graphs (Inductor's reduce-overhead mode), checked and timed: does it give a
+  # DANIE step bound by launches its idle device time back? (eager DANIE-S on the H100: busy 96.6 of 133.7 ms)
+  step bench_overhead 560 $bench --configs $big --models S,L --modes compile --variants cl \
+       --compile-backend reduce-overhead --time-budget 300 --out "$OUT/bench_overhead.md"
 elif [ "$mode" = bench ]; then
   step bench_eager 250 $bench --configs $big --models U-Net,S,L --modes eager --variants plain,cl,cl+rc \
        --out "$OUT/bench_eager.md"

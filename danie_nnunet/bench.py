@@ -272,7 +272,7 @@ def _danie_training(model: str, variant: str, compiled: bool, patch: int, batch:
     x = torch.randn(batch, in_chans, patch, patch, device=device, dtype=dtype)
     target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
     loss_fn, scales = _losses("danie", 5, compiled)
-    model_fn = torch.compile(net, backend=compile_backend) if compiled else net
+    model_fn = _compile(net, compile_backend) if compiled else net
     step = TrainStep(net, model_fn, "danie", loss_fn, [target] * len(scales), device, amp_dtype)
     if compiled:  # as DANIETrainer compiles it: the backward outside autocast (danie_nnunet/compiled.py)
         step.trace_context = backward_outside_autocast
@@ -319,7 +319,7 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
         target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
         targets = [target if s == 1 else torch.nn.functional.interpolate(target, scale_factor=s, mode="nearest-exact")
                    for s in scales]
-        step = TrainStep(net, torch.compile(net, backend=compile_backend) if compiled else net, kind, loss_fn,
+        step = TrainStep(net, _compile(net, compile_backend) if compiled else net, kind, loss_fn,
                          targets, device, train_dtype)
     else:  # DANIETrainer: bf16 without GradScaler
         label, kind, train_dtype = f"DANIE-{model}", "danie", amp_dtype
@@ -363,6 +363,18 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
     return BenchRow(label, mode, patch, batch, 1e3 * train_s, batch / train_s, 3 * fwd_flops / train_s / 1e12,
                     peak, batch / infer_s, fwd_flops / infer_s / 1e12, tile_ops, 1 / tile_s,
                     1 / graphs_s if graphs_s > 0 else -1.0, check)
+
+
+# what --compile-backend also takes: Inductor's modes (reduce-overhead replays the compiled step as CUDA graphs, which
+# spares a step bound by launching its kernels the launches; the max-autotune ones benchmark kernel choices)
+INDUCTOR_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _compile(net: torch.nn.Module, compile_backend: str) -> torch.nn.Module:
+    """torch.compile with a backend (inductor, aot_eager, eager) or Inductor in one of INDUCTOR_MODES."""
+    if compile_backend in INDUCTOR_MODES:
+        return torch.compile(net, mode=compile_backend)
+    return torch.compile(net, backend=compile_backend)
 
 
 def _mode_label(compiled: bool, compile_backend: str) -> str:
@@ -512,7 +524,8 @@ def register(subparsers) -> None:
                         "activation recomputation, fit12 = as little recomputation as fits 12 GiB, fn = "
                         "MaxViT's LayerNorms in bf16); U-Net rows run as nnU-Net builds them")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compile mode, e.g. "
-                   "aot_eager to tell AOTAutograd problems from Inductor ones")
+                   "aot_eager to tell AOTAutograd problems from Inductor ones, or an Inductor mode: "
+                   f"{', '.join(INDUCTOR_MODES)}")
     p.add_argument("--explain", action="store_true", help="only list torch.compile's graphs and graph breaks for "
                    "the first DANIE model and variant on the first config (training forward under autocast)")
     p.add_argument("--time-budget", type=float, default=None, help="skip the rows that would start after this "

@@ -88,3 +88,14 @@ def test_profile_compiles_only_when_asked_for_compile_alone(monkeypatch, modes, 
     monkeypatch.setattr(bench, "profile_row", record)
     assert main(["bench", "--device", "cpu", "--models", "S", "--profile", "--modes", modes]) == 0
     assert seen["compiled"] is compiled
+
+
+@pytest.mark.parametrize("how, kwargs", [("inductor", {"backend": "inductor"}), ("aot_eager", {"backend": "aot_eager"}),
+                                         ("reduce-overhead", {"mode": "reduce-overhead"})])
+def test_compile_backend_takes_a_backend_or_an_inductor_mode(monkeypatch, how, kwargs):
+    import torch
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: seen.append(kw) or net)
+    bench._compile(torch.nn.Linear(1, 1), how)
+    assert seen == [kwargs]
+    assert bench._mode_label(True, how) == ("compile" if how == "inductor" else f"compile ({how})")
