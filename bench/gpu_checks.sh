@@ -20,7 +20,7 @@
 #   segmentations compared
 #   run(command="bash bench/gpu_checks.sh e2e", carry=[".whl"], timeout_s=480 or what is left)
 # compile (about 7 min): graph breaks, then the compiled table (DANIE-L first, with its check); MODELS=S,U-Net for
-#   DANIE-S (the trainers compile by default since 2026-11-27; the compiled DANIE-S is not yet timed)
+#   DANIE-S (the trainers compile by default since 2026-11-27; the compiled DANIE-S was first timed on 2026-11-27)
 #   run(command="bash bench/gpu_checks.sh compile", carry=[".whl"], timeout_s=540)
 # defaults (about 9.5 min, one call): compiled DANIE-S and U-Net (checked and timed), then eager DANIE-S and DANIE-L
 #   run(command="bash bench/gpu_checks.sh defaults", carry=[".whl"], timeout_s=590)

@@ -126,20 +126,20 @@ def memory_budget_gib() -> Optional[float]:
     return gib
 
 
+def _inside_ddp(network: torch.nn.Module) -> torch.nn.Module:
+    """What DDP wraps (nnU-Net compiles the network first, then wraps it in DDP)."""
+    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+
+
 def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
     """The DANIE module under DDP and torch.compile wrappers."""
-    if isinstance(network, torch.nn.parallel.DistributedDataParallel):
-        network = network.module
-    if isinstance(network, OptimizedModule):
-        network = network._orig_mod
-    return network
+    network = _inside_ddp(network)
+    return network._orig_mod if isinstance(network, OptimizedModule) else network
 
 
 def is_compiled(network: torch.nn.Module) -> bool:
-    """Whether torch.compile wraps the network (nnU-Net compiles it before it wraps it in DDP)."""
-    if isinstance(network, torch.nn.parallel.DistributedDataParallel):
-        network = network.module
-    return isinstance(network, OptimizedModule)
+    """Whether torch.compile wraps the network, under DDP or not."""
+    return isinstance(_inside_ddp(network), OptimizedModule)
 
 
 class DANIETrainer(nnUNetTrainer):
