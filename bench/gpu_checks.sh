@@ -26,6 +26,8 @@
 #   run(command="bash bench/gpu_checks.sh defaults", carry=[".whl"], timeout_s=590)
 # profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps
 #   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
+# mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
+#   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
 # overhead (about 9 min, one call): compiled DANIE-S, then DANIE-L if time allows, in Inductor's reduce-overhead mode
 #   (CUDA graphs of the training step): run(command="bash bench/gpu_checks.sh overhead", carry=[".whl"], timeout_s=590)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
@@ -79,6 +81,11 @@ elif [ "$mode" = profile_compiled ]; then
        --out "$OUT/profile_S_compiled.txt"
   step profile_L 300 $bench --configs $big --models L --variants cl --modes compile --profile \
        --out "$OUT/profile_L_compiled.txt"
+elif [ "$mode" = mirror ]; then
+  # nnU-Net's test-time mirroring of single tiles with and without DANIE's mirror batching (CUDA graphs both)
+  if [ -n "${SMALL:-}" ]; then size=64; tiles=3; else size=512; tiles=50; fi
+  step mirror 150 $PY "$here/mirror_batching.py" --models S,L --size $size --tiles $tiles --device $device
+  grep "^|\|^device" "$OUT/log.txt" > "$OUT/mirror_batching.md"
 elif [ "$mode" = overhead ]; then
   # the compiled step replayed as CUDA graphs (Inductor's reduce-overhead mode), checked and timed: does it give a
   # DANIE step bound by launches its idle device time back? (eager DANIE-S on the H100: busy 96.6 of 133.7 ms)

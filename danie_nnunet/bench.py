@@ -73,10 +73,15 @@ class BenchRow:
     def cells(self, peak: Optional[float]) -> List[str]:
         share = f"{100 * self.train_tflops / peak:.1f}%" if peak else "n/a"
         return [self.model, self.mode, f"{self.patch}x{self.patch}", str(self.batch), f"{self.train_ms:.1f}",
-                f"{self.train_slices_s:.1f}", f"{self.train_tflops:.3g}", share,
-                f"{self.peak_gib:.2f}" if self.peak_gib >= 0 else "n/a", f"{self.infer_slices_s:.1f}",
-                f"{self.infer_tflops:.3g}", str(self.tile_ops), f"{self.tiles_s:.1f}",
-                f"{self.tiles_s_graphs:.1f}" if self.tiles_s_graphs >= 0 else "n/a", self.check]
+                _rate(self.train_slices_s), f"{self.train_tflops:.3g}", share,
+                f"{self.peak_gib:.2f}" if self.peak_gib >= 0 else "n/a", _rate(self.infer_slices_s),
+                f"{self.infer_tflops:.3g}", str(self.tile_ops), _rate(self.tiles_s),
+                _rate(self.tiles_s_graphs) if self.tiles_s_graphs >= 0 else "n/a", self.check]
+
+
+def _rate(per_second: float) -> str:
+    # one decimal, as the GPU tables have it; slower rates (a busy CPU: a slice every 20 s) keep 3 digits, not 0.0
+    return f"{per_second:.1f}" if per_second >= 1 else f"{per_second:.3g}"
 
 
 HEADER = ["model", "mode", "patch", "batch", "train step ms", "train slices/s", "train TFLOP/s", "share of peak",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Tuple
+from typing import Any, Callable, Hashable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -116,10 +116,12 @@ class CUDAGraphInference:
     def _device_supported(self, x: torch.Tensor) -> bool:
         return x.is_cuda and not torch.cuda.is_current_stream_capturing()
 
-    def applies(self, module: nn.Module, x: torch.Tensor) -> bool:
+    def applies(self, module: nn.Module, x: torch.Tensor, max_batch: Optional[int] = None) -> bool:
+        """`max_batch` overrides the cache's own for one call (a mirrored tile's batch of four)."""
         # is_compiling first: under torch.compile (the trainers compile on CUDA) it is a constant False for Dynamo
         return (not torch.compiler.is_compiling() and not self.failed and not module.training
-                and not torch.is_grad_enabled() and x.shape[0] <= self.max_batch and self._device_supported(x))
+                and not torch.is_grad_enabled() and x.shape[0] <= (max_batch or self.max_batch)
+                and self._device_supported(x))
 
     def weights(self, module: nn.Module) -> Tuple[int, ...]:
         # their addresses: a graph reads the memory it was captured on, so new tensors need new captures. The

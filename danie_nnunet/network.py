@@ -8,6 +8,7 @@ from torch import nn
 
 from .config import DANIEConfig, get_config
 from .cuda_graphs import CUDAGraphInference
+from .mirror_batching import MirrorBatching
 from .encoder import HierarchicalAttentionalPerception, create_sap_stream
 from .joint_preservation import JointPreservation, PredictionHeads
 from .layers import InputAdapter
@@ -49,6 +50,7 @@ class DANIE(nn.Module):
         self.deep_supervision = deep_supervision
         self.channels_last = False
         self.cuda_graphs: Optional[CUDAGraphInference] = None
+        self.mirror_batching: Optional[MirrorBatching] = None
         adapt = cfg.input_adapter == "conv" and in_chans != 3
         self.input_adapter = InputAdapter(in_chans) if adapt else nn.Identity()
         stream_chans = 3 if adapt else in_chans
@@ -82,6 +84,13 @@ class DANIE(nn.Module):
         graphs (`cuda_graphs.py`): the same function with one launch instead of about 800, for nnU-Net's
         predictor, which runs one tile at a time. Training and autograd forwards are unchanged."""
         self.cuda_graphs = CUDAGraphInference(max_batch, max_graphs) if enable else None
+        return self
+
+    def set_mirror_batching(self, enable: bool = True) -> "DANIE":
+        """Run a tile and its three flips as one batch when an eval-mode, no-grad call gets a single tile, and
+        answer the calls on the flips that nnU-Net's test-time mirroring makes next from that batch
+        (`mirror_batching.py`): each output is the network's for exactly its input. Training is unchanged."""
+        self.mirror_batching = MirrorBatching() if enable else None
         return self
 
     def set_grad_checkpointing(self, enable: bool = True, segments: Sequence[str] = DEFAULT_SEGMENTS) -> List[str]:
@@ -150,7 +159,16 @@ class DANIE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         self._check_input(x)
-        if self.cuda_graphs is not None and self.cuda_graphs.applies(self, x):
+        if self.mirror_batching is not None and self.mirror_batching.applies(self, x):
+            return self.mirror_batching(self._mirror_batch_forward, x)
+        return self._graphed_forward(x)
+
+    def _mirror_batch_forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
+        return self._graphed_forward(x, max_batch=x.shape[0])  # a tile and its flips: a graph of its own
+
+    def _graphed_forward(self, x: torch.Tensor,
+                         max_batch: Optional[int] = None) -> Union[torch.Tensor, List[torch.Tensor]]:
+        if self.cuda_graphs is not None and self.cuda_graphs.applies(self, x, max_batch):
             return self.cuda_graphs(self, self._forward, x, extra=(self.deep_supervision, self.channels_last))
         return self._forward(x)
 

@@ -99,3 +99,12 @@ def test_compile_backend_takes_a_backend_or_an_inductor_mode(monkeypatch, how, k
     bench._compile(torch.nn.Linear(1, 1), how)
     assert seen == [kwargs]
     assert bench._mode_label(True, how) == ("compile" if how == "inductor" else f"compile ({how})")
+
+
+def test_a_slow_rate_keeps_its_digits():
+    # a busy 2-core CI machine can take 20 s for one float64 step: the table must not print that as 0.0
+    cells = bench.BenchRow("DANIE-S", "eager", 64, 1, 20000.0, 0.05, 1e-5, -1.0, 0.04, 1e-5, 800, 0.049, -1.0,
+                           "PASS").cells(None)
+    assert (cells[5], cells[9], cells[12], cells[13]) == ("0.05", "0.04", "0.049", "n/a")
+    assert bench.BenchRow("U-Net", "eager", 512, 12, 41.9, 286.6, 103.0, 5.04, 706.4, 84.4, 105, 152.6,
+                          -1.0).cells(989.0)[5] == "286.6"

@@ -71,11 +71,13 @@ def test_a_misspelt_switch_is_refused_with_the_values_it_takes(monkeypatch):
         DANIETrainer._do_i_compile(_bare(DANIETrainer))
 
 
+@pytest.mark.parametrize("switch, attribute", [("DANIE_cuda_graphs", "cuda_graphs"),
+                                               ("DANIE_mirror_batching", "mirror_batching")])
 @pytest.mark.parametrize("env, expected", [(None, True), ("", True), ("t", True), ("F", False), ("0", False)])
-def test_cuda_graph_inference_is_on_unless_danie_cuda_graphs_turns_it_off(monkeypatch, env, expected):
-    _set_env(monkeypatch, "DANIE_cuda_graphs", env)
+def test_inference_speedups_are_on_unless_their_switch_turns_them_off(monkeypatch, env, expected, switch, attribute):
+    _set_env(monkeypatch, switch, env)
     net = DANIETrainer_S.build_network_architecture(None, types.SimpleNamespace(patch_size=[64, 64]), 1, 3)
-    assert (net.cuda_graphs is not None) is expected
+    assert (getattr(net, attribute) is not None) is expected
 
 
 def test_networks_are_built_channels_last_and_recompute_only_in_its_variant():

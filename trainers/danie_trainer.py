@@ -16,7 +16,8 @@ Changes against nnUNetTrainer, nothing else:
   faster-memory H200, 130.4 ms and 20.9 GiB; compiling takes minutes at the first training and validation step);
   inference (nnUNetv2_predict, the final validation) runs the uncompiled network and replays a captured CUDA graph
   per single-tile signature (on an H100 2.85x the eager single-tile throughput of DANIE-L, output identical;
-  DANIE_cuda_graphs=f turns it off); activation recomputation when the planned batch would not fit the card, of as
+  DANIE_cuda_graphs=f turns it off), and runs each mirrored tile with its three flips as one batch
+  (DANIE_mirror_batching=f turns it off); activation recomputation when the planned batch would not fit the card, of as
   few segments as the estimate needs (or as DANIE_memory_gib asks).
 Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
 are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
@@ -53,6 +54,9 @@ NUM_HEADS = 4
 # Inference (nnUNetv2_predict, the final validation) replays captured CUDA graphs of single tiles
 # (danie_nnunet/cuda_graphs.py; checked against eager inference on an H100); DANIE_cuda_graphs=f turns it off
 CUDA_GRAPHS_ENV = "DANIE_cuda_graphs"
+# Test-time mirroring runs a tile and its three flips as one batch, where the predictor makes four calls of one
+# (danie_nnunet/mirror_batching.py); DANIE_mirror_batching=f turns it off
+MIRROR_BATCHING_ENV = "DANIE_mirror_batching"
 # GiB of GPU memory that training plans for (default: 85 % of the card); activations that do not fit are
 # recomputed in the backward pass, as few as fit (danie_nnunet/memory.py: plan_recompute)
 MEMORY_ENV = "DANIE_memory_gib"
@@ -157,6 +161,7 @@ class DANIETrainer(nnUNetTrainer):
     channels_last = True
     recompute = False
     cuda_graphs = True  # DANIE_cuda_graphs overrides it
+    mirror_batching = True  # DANIE_mirror_batching overrides it
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -192,6 +197,8 @@ class DANIETrainer(nnUNetTrainer):
             network.set_grad_checkpointing()
         if env_flag(CUDA_GRAPHS_ENV, cls.cuda_graphs):  # eval-mode, no-grad CUDA forwards only
             network.set_cuda_graphs()
+        if env_flag(MIRROR_BATCHING_ENV, cls.mirror_batching):  # eval-mode, no-grad single tiles only
+            network.set_mirror_batching()
         return network
 
     def initialize(self):
