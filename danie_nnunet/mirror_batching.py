@@ -60,7 +60,7 @@ class MirrorBatching:
     def applies(self, module: nn.Module, x: torch.Tensor) -> bool:
         # is_compiling first: under torch.compile it is a constant False for Dynamo
         return (not torch.compiler.is_compiling() and not module.training and not torch.is_grad_enabled()
-                and x.ndim == 4 and x.shape[0] == 1 and (not self.stopped or bool(self.kept)))
+                and x.ndim == 4 and x.shape[0] == 1 and not self.stopped)
 
     def _take(self, x: torch.Tensor) -> Any:
         for i, (kept_input, output) in enumerate(self.kept):
@@ -72,7 +72,7 @@ class MirrorBatching:
         return None
 
     def __call__(self, forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
-        output = self._take(x) if self.kept else None
+        output = self._take(x)
         if output is not None:
             return output
         if self.kept:  # a new tile while flips of the last one are still kept: the caller does not mirror them
