@@ -11,30 +11,8 @@ import pytest
 import torch
 
 from danie_nnunet import create_danie
-from danie_nnunet.cuda_graphs import CapturedForward, CUDAGraphInference
-
-
-class _ReplayOnCPU:
-    """Stands in for torch.cuda.CUDAGraph: replay() recomputes into the same static output tensors."""
-
-    def __init__(self, forward, static_input, static_output):
-        self.forward, self.static_input, self.static_output = forward, static_input, static_output
-
-    def replay(self):
-        out = self.forward(self.static_input)
-        for dst, src in zip(self.static_output if isinstance(out, list) else [self.static_output],
-                            out if isinstance(out, list) else [out]):
-            dst.copy_(src)
-
-
-class _CPUGraphs(CUDAGraphInference):
-    def _device_supported(self, x):
-        return True
-
-    def capture(self, forward, x):
-        static_input = x.clone()
-        static_output = forward(static_input)
-        return CapturedForward(static_input, _ReplayOnCPU(forward, static_input, static_output), static_output)
+from danie_nnunet.cuda_graphs import CUDAGraphInference
+from cpu_graphs import CPUGraphs  # tests/cpu_graphs.py (tests/ is on sys.path: conftest.py)
 
 
 class _FailingCapture(CUDAGraphInference):
@@ -52,7 +30,7 @@ def net():
     return network
 
 
-def _graphed(net, cache=_CPUGraphs, max_batch=1):
+def _graphed(net, cache=CPUGraphs, max_batch=1):
     graphed = copy.deepcopy(net)
     graphed.set_cuda_graphs(max_batch=max_batch)
     graphed.cuda_graphs = cache(graphed.cuda_graphs.max_batch, graphed.cuda_graphs.max_graphs)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from danie_nnunet import create_danie
-from danie_nnunet.cuda_graphs import CapturedForward, CUDAGraphInference
 from danie_nnunet.mirror_batching import MISSES_TO_STOP, MirrorBatching
+from cpu_graphs import CPUGraphs  # tests/cpu_graphs.py (tests/ is on sys.path: conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -106,25 +106,9 @@ def test_copies_start_empty_with_the_same_settings(net):
     assert copy.deepcopy(net).set_mirror_batching(False).mirror_batching is None
 
 
-class _CPUGraphs(CUDAGraphInference):
-    """A graph cache with a CPU stand-in for capture (tests/test_cuda_graphs.py has the replay semantics)."""
-
-    def _device_supported(self, x):
-        return True
-
-    def capture(self, forward, x):
-        static_input = x.clone()
-
-        class Replay:
-            def replay(self):
-                static_output.copy_(forward(static_input))
-        static_output = forward(static_input)
-        return CapturedForward(static_input, Replay(), static_output)
-
-
 def test_with_cuda_graphs_the_batch_of_four_gets_a_graph_of_its_own(net):
     batched = copy.deepcopy(net).set_mirror_batching().set_cuda_graphs()
-    batched.cuda_graphs = _CPUGraphs()
+    batched.cuda_graphs = CPUGraphs()
     with torch.inference_mode():
         for tile in _tiles(2):
             expected = _predictor(net)._internal_maybe_mirror_and_predict(tile)
