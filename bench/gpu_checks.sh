@@ -16,7 +16,7 @@
 #   card), and L with as little recomputation as fits 12 GiB (cl+fit12) and with its LayerNorms in bf16 (cl+fn)
 #   run(command="bash bench/gpu_checks.sh eager", carry=[".whl"], timeout_s=380)
 # e2e (about 6 min): nnUNetv2_train epoch time (both eager) and nnUNetv2_predict seconds, DANIE-L vs nnU-Net;
-#   DANIE-L's predict runs with CUDA graphs (the trainer's default) and again without (DANIE_cuda_graphs=f),
+#   DANIE-L's predict runs with the trainer's defaults (CUDA graphs, mirror batching) and again without both,
 #   segmentations compared
 #   run(command="bash bench/gpu_checks.sh e2e", carry=[".whl"], timeout_s=480 or what is left)
 # compile (about 7 min): graph breaks, then the compiled table (DANIE-L first, with its check); MODELS=S,U-Net for
@@ -149,13 +149,15 @@ for line in sys.stdin:
       $run/fold_0/training_log_*.txt | paste -sd ';')" \
       >> "$OUT/e2e_times.txt"
     if [ $tr = DANIETrainer_bench ]; then
-      # the trainer's default replays CUDA graphs of single tiles (danie_nnunet/cuda_graphs.py); eager for comparison
-      predict "CUDA graphs (default)" 120 pred_graphs
-      predict "eager (DANIE_cuda_graphs=f)" 120 pred_eager DANIE_cuda_graphs=f
+      # the trainer's default replays CUDA graphs (danie_nnunet/cuda_graphs.py) of each tile batched with its flips
+      # (danie_nnunet/mirror_batching.py); then without both, as nnU-Net would run the plain network
+      predict "CUDA graphs and mirror batching (default)" 120 pred_graphs
+      predict "eager, four calls per tile (DANIE_cuda_graphs=f DANIE_mirror_batching=f)" 120 pred_eager \
+        DANIE_cuda_graphs=f DANIE_mirror_batching=f
       $PY -c "
 import SimpleITK as sitk, numpy as np
 a, b = (sitk.GetArrayFromImage(sitk.ReadImage('$work/' + d + '/volume.nii.gz')) for d in ('pred_graphs', 'pred_eager'))
-print('$tr: segmentation with CUDA graphs equal to eager in %.4f %% of voxels' % (100 * np.mean(a == b)))
+print('$tr: segmentation of the default equal to the plain eager one in %.4f %% of voxels' % (100 * np.mean(a == b)))
 " >> "$OUT/e2e_times.txt" 2>&1
     else
       predict "nnU-Net's default" 90 pred_unet
