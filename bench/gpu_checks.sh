@@ -24,7 +24,8 @@
 #   run(command="bash bench/gpu_checks.sh compile", carry=[".whl"], timeout_s=540)
 # defaults (about 9.5 min, one call): compiled DANIE-S and U-Net (checked and timed), then eager DANIE-S and DANIE-L
 #   run(command="bash bench/gpu_checks.sh defaults", carry=[".whl"], timeout_s=590)
-# profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps
+# profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps;
+#   MODELS=L (about 5 min) profiles one of them
 #   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
@@ -77,10 +78,12 @@ elif [ "$mode" = profile_compiled ]; then
   # the compiled DANIE-S stepped slower (128.2 ms, 2026-11-27) than the compiled DANIE-L (108.6 ms, 2026-11-26),
   # both on an H100, with the same operators and narrower channels: how much of each compiled step the device is
   # busy, and which kernels take the time, S and L in one call
-  step profile_S 270 $bench --configs $big --models S --variants cl --modes compile --profile \
-       --out "$OUT/profile_S_compiled.txt"
-  step profile_L 300 $bench --configs $big --models L --variants cl --modes compile --profile \
-       --out "$OUT/profile_L_compiled.txt"
+  # (2026-11-27, H100: S's kernels kept the device busy 64.1 of 115.4 ms, bound by the host); MODELS=L for L alone
+  for m in $(echo "${MODELS:-S,L}" | tr , ' '); do
+    [ "$m" = S ] && limit=270 || limit=300
+    step "profile_$m" $limit $bench --configs $big --models "$m" --variants cl --modes compile --profile \
+         --out "$OUT/profile_${m}_compiled.txt"
+  done
 elif [ "$mode" = mirror ]; then
   # nnU-Net's test-time mirroring of single tiles with and without DANIE's mirror batching (CUDA graphs both)
   if [ -n "${SMALL:-}" ]; then size=64; tiles=3; else size=512; tiles=50; fi

@@ -80,11 +80,12 @@ def test_device_busy_counts_each_kernel_once():
     # DANIE-S step's header read "device busy 129.8 ms" for a 115.4 ms step (H100), twice the 64.1 ms of its kernels
     from types import SimpleNamespace
     from torch.autograd import DeviceType
-    launcher = SimpleNamespace(device_type=DeviceType.CPU, self_device_time_total=12_000.0)
-    kernel = SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=12_000.0)
-    memcpy = SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=500.0)
-    annotation = SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=9_000.0, is_user_annotation=True)
-    assert bench.device_busy_us([launcher, kernel, memcpy, annotation]) == 12_500.0
+    launcher = SimpleNamespace(device_type=DeviceType.CPU, self_device_time_total=12_000.0, count=3)
+    kernel = SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=12_000.0, count=3)
+    memcpy = SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=500.0, count=2)
+    annotation = SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=9_000.0, count=1,
+                                 is_user_annotation=True)
+    assert bench.device_activity([launcher, kernel, memcpy, annotation]) == (12_500.0, 5)
 
 
 @pytest.mark.parametrize("modes, compiled", [("eager,compile", False), ("eager", False), ("compile", True)])
