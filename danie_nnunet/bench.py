@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .compiled import backward_outside_autocast
+from .compiled import INDUCTOR_MODES, backward_outside_autocast
 
 # dense bf16 tensor-core peaks (TFLOP/s) by device name, for the "share of peak" column
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
@@ -368,11 +368,6 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
     return BenchRow(label, mode, patch, batch, 1e3 * train_s, batch / train_s, 3 * fwd_flops / train_s / 1e12,
                     peak, batch / infer_s, fwd_flops / infer_s / 1e12, tile_ops, 1 / tile_s,
                     1 / graphs_s if graphs_s > 0 else -1.0, check)
-
-
-# what --compile-backend also takes: Inductor's modes (reduce-overhead replays the compiled step as CUDA graphs, which
-# spares a step bound by launching its kernels the launches; the max-autotune ones benchmark kernel choices)
-INDUCTOR_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _compile(net: torch.nn.Module, compile_backend: str) -> torch.nn.Module:

@@ -15,6 +15,10 @@ from contextlib import nullcontext
 import torch
 
 OPTION = "backward_pass_autocast"
+# Inductor's modes besides its default: reduce-overhead replays the compiled step as CUDA graphs, which spares a step
+# bound by launching its kernels the launches (the compiled DANIE-S on an H100: device busy 64.1 of 115.4 ms); the
+# max-autotune ones benchmark kernel choices at compile time
+INDUCTOR_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def can_trace_backward_outside_autocast() -> bool:

@@ -12,7 +12,8 @@ from danie_nnunet import create_danie
 from danie_nnunet.memory import estimate_training_memory
 from danie_nnunet.recompute import recompute_candidates
 from danie_nnunet.trainers import DANIETrainer, DANIETrainer_recompute, DANIETrainer_S, danie_trainer
-from danie_nnunet.trainers.danie_trainer import DANIEConfigurationError, is_compiled, memory_budget_gib
+from danie_nnunet.trainers.danie_trainer import (DANIEConfigurationError, compile_mode, is_compiled,
+                                                 memory_budget_gib, unwrap_network)
 
 
 def _set_env(monkeypatch, name, value):
@@ -138,6 +139,42 @@ def test_is_compiled_sees_the_compile_wrapper_under_ddp(monkeypatch):
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", types.SimpleNamespace)
     assert is_compiled(ddp) and is_compiled(ddp.module) and not is_compiled(network)
     assert not is_compiled(types.SimpleNamespace(module=network))
+
+
+@pytest.mark.parametrize("env, compiled, ddp, mode, line", [
+    ("reduce-overhead", True, False, "reduce-overhead", "in Inductor's reduce-overhead mode"),
+    ("max-autotune", True, False, "max-autotune", "in Inductor's max-autotune mode"),
+    ("reduce-overhead", True, True, None, "ignored under DDP"),
+    ("reduce-overhead", False, False, None, "ignored: the network is not compiled"),
+    (None, True, False, None, None), ("default", True, False, None, None)])
+def test_compile_mode_recompiles_what_nnunet_compiled(monkeypatch, env, compiled, ddp, mode, line):
+    seen = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: seen.append(kw) or real_compile(net, backend="eager"))
+    _set_env(monkeypatch, "DANIE_compile_mode", env)
+    network = torch.nn.Linear(2, 2)
+    trainer = _bare(DANIETrainer)
+    trainer.is_ddp = ddp
+    trainer.network = real_compile(network, backend="eager") if compiled else network
+    before = trainer.network
+    trainer._apply_compile_mode()
+    assert seen == ([{"mode": mode}] if mode else [])
+    assert (trainer.network is before) is (mode is None)
+    assert unwrap_network(trainer.network) is network and is_compiled(trainer.network) is compiled
+    assert trainer.logged == ([] if line is None else [trainer.logged[0]]) and (line is None or line in trainer.logged[0])
+    x = torch.randn(3, 2)
+    assert torch.equal(trainer.network(x), network(x))
+
+
+def test_a_misspelt_compile_mode_is_refused_with_the_modes_it_takes(monkeypatch):
+    monkeypatch.setenv("DANIE_compile_mode", "reduce_overhead")
+    with pytest.raises(DANIEConfigurationError, match="'reduce_overhead' is not an Inductor mode: use one of "
+                                                      "default, reduce-overhead, max-autotune"):
+        compile_mode()
+    trainer = _bare(DANIETrainer)
+    trainer.network, trainer.is_ddp = torch.nn.Linear(2, 2), False
+    with pytest.raises(DANIEConfigurationError):  # refused by the trainer too, compiled or not
+        trainer._apply_compile_mode()
 
 
 @pytest.mark.parametrize("value", ["twelve", "0", "-3", "inf", "nan"])

@@ -13,7 +13,8 @@ Changes against nnUNetTrainer, nothing else:
   decides it (on CUDA unless nnUNet_compile=f; under DDP only if nnUNet_compile=t: SyncBatchNorm cannot be traced),
   with the backward traced outside autocast as eager autograd runs it (on an H100 the compiled DANIE-L passed the
   same-function check at 108.6 ms per step and 15.6 GiB, faster than the eager channels-last DANIE-L on the
-  faster-memory H200, 130.4 ms and 20.9 GiB; compiling takes minutes at the first training and validation step);
+  faster-memory H200, 130.4 ms and 20.9 GiB; compiling takes minutes at the first training and validation step;
+  DANIE_compile_mode=reduce-overhead, experimental, compiles in Inductor's CUDA-graph mode instead);
   inference (nnUNetv2_predict, the final validation) runs the uncompiled network and replays a captured CUDA graph
   per single-tile signature (on an H100 2.85x the eager single-tile throughput of DANIE-L, output identical;
   DANIE_cuda_graphs=f turns it off), and runs each mirrored tile with its three flips as one batch
@@ -40,7 +41,7 @@ from torch import autocast
 from torch._dynamo import OptimizedModule
 
 from danie_nnunet.checks import DatasetError, check_dataset_json
-from danie_nnunet.compiled import can_trace_backward_outside_autocast, trace_backward_outside_autocast
+from danie_nnunet.compiled import INDUCTOR_MODES, can_trace_backward_outside_autocast, trace_backward_outside_autocast
 from danie_nnunet.config import DANIEConfig, get_config
 from danie_nnunet.memory import GIB, HEADROOM, budget_note, plan_recompute
 from danie_nnunet.network import DANIE, plans_architecture
@@ -60,6 +61,9 @@ MIRROR_BATCHING_ENV = "DANIE_mirror_batching"
 # GiB of GPU memory that training plans for (default: 85 % of the card); activations that do not fit are
 # recomputed in the backward pass, as few as fit (danie_nnunet/memory.py: plan_recompute)
 MEMORY_ENV = "DANIE_memory_gib"
+# The Inductor mode of a compiling trainer (default: Inductor's default, as nnU-Net compiles); reduce-overhead replays
+# the compiled training step as CUDA graphs (experimental: not yet timed in a trainer, docs/performance.md)
+COMPILE_MODE_ENV = "DANIE_compile_mode"
 
 
 class DANIEConfigurationError(RuntimeError):
@@ -128,6 +132,17 @@ def memory_budget_gib() -> Optional[float]:
         raise DANIEConfigurationError(f"{MEMORY_ENV}={os.environ[MEMORY_ENV]!r} is not a positive number of GiB "
                                       f"(e.g. {MEMORY_ENV}=12); unset it to plan for {HEADROOM:.0%} of the card")
     return gib
+
+
+def compile_mode() -> Optional[str]:
+    """The Inductor mode that DANIE_compile_mode asks for, or None (unset, empty or "default": Inductor's default)."""
+    value = os.environ.get(COMPILE_MODE_ENV, "").strip()
+    if value in ("", "default"):
+        return None
+    if value not in INDUCTOR_MODES:
+        raise DANIEConfigurationError(f"{COMPILE_MODE_ENV}={value!r} is not an Inductor mode: use one of default, "
+                                      f"{', '.join(INDUCTOR_MODES)}, or unset it")
+    return value
 
 
 def _inside_ddp(network: torch.nn.Module) -> torch.nn.Module:
@@ -212,6 +227,7 @@ class DANIETrainer(nnUNetTrainer):
         if self.device.type == "cuda":
             self._recompute_if_batch_does_not_fit()
             self._configure_compile()
+            self._apply_compile_mode()
         report = load_imagenet_weights(unwrap_network(self.network))
         if report is None:
             self.print_to_log_file(f"DANIE: no ImageNet weights ({ENV_VAR} is not set): the MaxViT stream starts "
@@ -258,6 +274,22 @@ class DANIETrainer(nnUNetTrainer):
         if decision.compiles:
             trace_backward_outside_autocast()
         self.print_to_log_file(f"DANIE: {decision.reason}", also_print_to_console=decision.to_console)
+
+    def _apply_compile_mode(self) -> None:
+        """Recompile (lazily: nothing is traced yet) the network nnU-Net compiled in Inductor's DANIE_compile_mode.
+        Not under DDP, whose gradient hooks a CUDA graph replay of the backward would have to keep."""
+        mode = compile_mode()  # a misspelt mode is refused whether or not the network is compiled
+        if mode is None or not is_compiled(self.network):
+            if mode is not None:
+                self.print_to_log_file(f"DANIE: {COMPILE_MODE_ENV}={mode} ignored: the network is not compiled")
+            return
+        if self.is_ddp:
+            self.print_to_log_file(f"DANIE: {COMPILE_MODE_ENV}={mode} ignored under DDP: Inductor's default mode "
+                                   f"compiles", also_print_to_console=True)
+            return
+        self.network = torch.compile(unwrap_network(self.network), mode=mode)
+        self.print_to_log_file(f"DANIE: torch.compile in Inductor's {mode} mode ({COMPILE_MODE_ENV}; experimental, "
+                               f"not yet timed in a trainer: docs/performance.md)", also_print_to_console=True)
 
     def _recompute_if_batch_does_not_fit(self) -> None:
         """Recompute in the backward pass as few segments as the batch needs to fit the card, or DANIE_memory_gib
