@@ -227,7 +227,7 @@ class DANIETrainer(nnUNetTrainer):
         if self.device.type == "cuda":
             self._recompute_if_batch_does_not_fit()
             self._configure_compile()
-            self._apply_compile_mode()
+        self._apply_compile_mode()
         report = load_imagenet_weights(unwrap_network(self.network))
         if report is None:
             self.print_to_log_file(f"DANIE: no ImageNet weights ({ENV_VAR} is not set): the MaxViT stream starts "
