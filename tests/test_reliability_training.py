@@ -95,7 +95,9 @@ def batches(trainer, n, seed=0):
 
 
 @pytest.mark.e2e
-def test_trainer_skips_nan_steps_logs_them_and_stops(nnunet_folders, capsys):
+def test_trainer_skips_nan_steps_logs_them_and_stops(nnunet_folders, capsys, monkeypatch):
+    steps_begun = []  # each step starts a new CUDA-graph-tree iteration, also after a skipped backward
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps_begun.append(1))
     trainer = make_trainer(*nnunet_folders)
     trainer.nonfinite_guard.patience = 2
     batch = next(batches(trainer, 1))
@@ -108,6 +110,7 @@ def test_trainer_skips_nan_steps_logs_them_and_stops(nnunet_folders, capsys):
         trainer.train_step(batch)
     assert all(torch.equal(b, p) for b, p in zip(before, trainer.network.parameters()))
     assert "DANIE stopped training: 2 training steps in a row" in open(trainer.log_file).read()
+    assert len(steps_begun) == 2
 
 
 @pytest.mark.e2e

@@ -339,6 +339,9 @@ class DANIETrainer(nnUNetTrainer):
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
+        # a new iteration for Inductor's CUDA graph trees (DANIE_compile_mode=reduce-overhead; a no-op otherwise):
+        # a step the guard skipped left its backward unrun, which would otherwise keep the next forward off the graphs
+        torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output = self.network(data)
             loss = self.loss(output, target)
