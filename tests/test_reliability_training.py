@@ -99,6 +99,7 @@ def test_trainer_skips_nan_steps_logs_them_and_stops(nnunet_folders, capsys, mon
     steps_begun = []  # each step starts a new CUDA-graph-tree iteration, also after a skipped backward
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps_begun.append(1))
     trainer = make_trainer(*nnunet_folders)
+    trainer.marks_cudagraph_steps = True  # as DANIE_compile_mode=reduce-overhead sets it (not on a CPU)
     trainer.nonfinite_guard.patience = 2
     batch = next(batches(trainer, 1))
     batch["data"][0, 0, 5, 5] = float("nan")  # one NaN voxel makes the whole loss NaN

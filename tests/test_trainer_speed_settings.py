@@ -159,6 +159,7 @@ def test_compile_mode_recompiles_what_nnunet_compiled(monkeypatch, env, compiled
     before = trainer.network
     trainer._apply_compile_mode()
     assert seen == ([{"mode": mode}] if mode else [])
+    assert trainer.marks_cudagraph_steps is (mode == "reduce-overhead" or mode == "max-autotune")  # CUDA graph modes
     assert (trainer.network is before) is (mode is None)
     assert unwrap_network(trainer.network) is network and is_compiled(trainer.network) is compiled
     assert len(trainer.logged) == (line is not None) and all(line in logged for logged in trainer.logged)

@@ -177,6 +177,7 @@ class DANIETrainer(nnUNetTrainer):
     recompute = False
     cuda_graphs = True  # DANIE_cuda_graphs overrides it
     mirror_batching = True  # DANIE_mirror_batching overrides it
+    marks_cudagraph_steps = False  # set where DANIE_compile_mode compiles with Inductor's CUDA graph trees
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -279,15 +280,18 @@ class DANIETrainer(nnUNetTrainer):
         """Recompile (lazily: nothing is traced yet) the network nnU-Net compiled in Inductor's DANIE_compile_mode.
         Not under DDP, whose gradient hooks a CUDA graph replay of the backward would have to keep."""
         mode = compile_mode()  # a misspelt mode is refused whether or not the network is compiled
-        if mode is None or not is_compiled(self.network):
-            if mode is not None:
-                self.print_to_log_file(f"DANIE: {COMPILE_MODE_ENV}={mode} ignored: the network is not compiled")
+        if mode is None:
+            return
+        if not is_compiled(self.network):
+            self.print_to_log_file(f"DANIE: {COMPILE_MODE_ENV}={mode} ignored: the network is not compiled")
             return
         if self.is_ddp:
             self.print_to_log_file(f"DANIE: {COMPILE_MODE_ENV}={mode} ignored under DDP: Inductor's default mode "
                                    f"compiles", also_print_to_console=True)
             return
+        from torch._inductor import list_mode_options  # Inductor's settings of each mode
         self.network = torch.compile(unwrap_network(self.network), mode=mode)
+        self.marks_cudagraph_steps = list_mode_options(mode).get("triton.cudagraphs", False)
         self.print_to_log_file(f"DANIE: torch.compile in Inductor's {mode} mode ({COMPILE_MODE_ENV}; experimental, "
                                f"not yet timed in a trainer: docs/performance.md)", also_print_to_console=True)
 
@@ -339,9 +343,10 @@ class DANIETrainer(nnUNetTrainer):
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        # a new iteration for Inductor's CUDA graph trees (DANIE_compile_mode=reduce-overhead; a no-op otherwise):
-        # a step the guard skipped left its backward unrun, which would otherwise keep the next forward off the graphs
-        torch.compiler.cudagraph_mark_step_begin()
+        if self.marks_cudagraph_steps:
+            # a new iteration for Inductor's CUDA graph trees (DANIE_compile_mode=reduce-overhead): a step the guard
+            # skipped left its backward unrun, which would otherwise keep the next forward off the graphs
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output = self.network(data)
             loss = self.loss(output, target)
