@@ -17,15 +17,15 @@ import argparse
 import statistics
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, List, Optional, Sequence
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from .compiled import INDUCTOR_MODES, backward_outside_autocast
+from .dispatch_count import LIBRARY_KINDS, count_dispatch, count_training_step
 
 # dense bf16 tensor-core peaks (TFLOP/s) by device name, for the "share of peak" column
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
@@ -141,24 +141,6 @@ def _timed(fn: Callable[[], None], device: torch.device, warmup: int, iters: int
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-class _OperatorCount(TorchDispatchMode):
-    """Operators dispatched to kernels (views, which launch none, excluded)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += not func.is_view
-        return func(*args, **(kwargs or {}))
-
-
-def _operators(fn: Callable[[], None]) -> int:
-    with _OperatorCount() as counted:
-        fn()
-    return counted.count
 
 
 def _graphed_tiles(net: torch.nn.Module, tile_step: Callable[[], torch.Tensor], device: torch.device, warmup: int,
@@ -284,6 +266,23 @@ def _danie_training(model: str, variant: str, compiled: bool, patch: int, batch:
     return step, x
 
 
+def _unet_training(patch: int, batch: int, in_chans: int, num_classes: int, device: torch.device,
+                   compiled: bool = False, compile_backend: str = "inductor"):
+    """nnU-Net's default 2D U-Net with nnUNetTrainer's step (fp16, GradScaler), an input and its deep-supervision
+    targets."""
+    net = nnunet_unet(patch, in_chans, num_classes).to(device)
+    x = torch.randn(batch, in_chans, patch, patch, device=device)
+    with torch.no_grad():
+        n_outputs = len(net(x[:1]))
+    loss_fn, scales = _losses("unet", n_outputs, compiled)
+    target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
+    targets = [target if s == 1 else torch.nn.functional.interpolate(target, scale_factor=s, mode="nearest-exact")
+               for s in scales]
+    step = TrainStep(net, _compile(net, compile_backend) if compiled else net, "unet", loss_fn, targets, device,
+                     torch.float16)
+    return step, x
+
+
 def compare_with_plain(model: str, variant: str, compiled: bool, patch: int, batch: int, in_chans: int,
                        num_classes: int, device: torch.device, amp_dtype: torch.dtype = torch.bfloat16,
                        compile_backend: str = "inductor"):
@@ -314,20 +313,12 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
     (eval, no grad, deep supervision off, fp16 autocast on CUDA)."""
     amp = device.type == "cuda"
     if model == "U-Net":  # nnU-Net's trainer: fp16 with GradScaler
-        label, kind, train_dtype, check = "nnU-Net 2D PlainConvUNet", "unet", torch.float16, "reference"
+        label, train_dtype, check = "nnU-Net 2D PlainConvUNet", torch.float16, "reference"
         flops_build = partial(nnunet_unet, patch, in_chans, num_classes)
-        net = flops_build().to(device)
-        x = torch.randn(batch, in_chans, patch, patch, device=device)
-        with torch.no_grad():
-            n_outputs = len(net(x[:1]))
-        loss_fn, scales = _losses(kind, n_outputs, compiled)
-        target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
-        targets = [target if s == 1 else torch.nn.functional.interpolate(target, scale_factor=s, mode="nearest-exact")
-                   for s in scales]
-        step = TrainStep(net, _compile(net, compile_backend) if compiled else net, kind, loss_fn,
-                         targets, device, train_dtype)
+        step, x = _unet_training(patch, batch, in_chans, num_classes, device, compiled, compile_backend)
+        net = step.net
     else:  # DANIETrainer: bf16 without GradScaler
-        label, kind, train_dtype = f"DANIE-{model}", "danie", amp_dtype
+        label, train_dtype = f"DANIE-{model}", amp_dtype
         flops_build = partial(build_danie, model, patch, in_chans, num_classes, head_upsample="interpolate")
         result, step, x = compare_with_plain(model, variant, compiled, patch, batch, in_chans, num_classes, device,
                                              train_dtype, compile_backend)
@@ -356,7 +347,7 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
             return net(tile)
 
     tile_s = _timed(tile_step, device, warmup, iters)
-    tile_ops = _operators(tile_step)
+    tile_ops = count_dispatch(tile_step)["operators"]
     graphs_s = -1.0
     if model != "U-Net" and device.type == "cuda":
         graphs_s, graphs_check = _graphed_tiles(net, tile_step, device, warmup, iters)
@@ -421,6 +412,40 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
                 f"kernels and copies"
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return head + "\n" + events.table(sort_by=sort, row_limit=row_limit, max_name_column_width=60)
+
+
+LAUNCH_HEADER = ["model", "operators: forward", "loss", "backward", "step", "convolutions", "matrix products",
+                 "attention", "library calls", "library calls vs U-Net"]
+
+
+def launch_table(models: Sequence[str], variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
+                 device: torch.device) -> str:
+    """What one eager training step (forward, the trainer's loss, backward; no optimiser, no autocast) of each
+    model dispatches (dispatch_count.py): operators, and the library calls among them (convolutions, matrix
+    products, attention; forward and backward), which a compiled step still launches one by one."""
+    rows, reference = [], None
+    for model in models:
+        if model == "U-Net":
+            step, x = _unet_training(patch, batch, in_chans, num_classes, device)
+            label = "nnU-Net 2D PlainConvUNet"
+        else:
+            step, x = _danie_training(model, variant, False, patch, batch, in_chans, num_classes, device, None)
+            label = f"DANIE-{model}" + (f", {variant}" if variant != "plain" else "")
+        parts = count_training_step(step.net, step.loss_fn, x, step.targets)
+        total = sum(parts.values(), start=Counter())
+        library = sum(total[k] for k in LIBRARY_KINDS)
+        if model == "U-Net":
+            reference = library
+        ratio = f"{library / reference:.1f}x" if reference else "n/a"
+        rows.append([label] + [str(parts[p]["operators"]) for p in ("forward", "loss", "backward")]
+                    + [str(total["operators"])] + [str(total[k]) for k in LIBRARY_KINDS] + [str(library), ratio])
+        del step
+    note = (f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}; torch "
+            f"{torch.__version__}; one eager training step at {batch}x{in_chans}x{patch}x{patch}, {num_classes} "
+            "classes, the trainers' losses with deep supervision; operators exclude views; library calls are "
+            "counted forward and backward, each attention as CUDA's one kernel")
+    return "\n".join([note, "", "| " + " | ".join(LAUNCH_HEADER) + " |", "|" + "---|" * len(LAUNCH_HEADER)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def explain_compile(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
@@ -520,7 +545,8 @@ def check_fast_paths(device: str = "auto", model: str = "L", patch: int = 256, b
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="training/inference throughput of DANIE-S/L vs nnU-Net's 2D U-Net")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA if there is one), cuda, cpu; meta for --launches "
+                   "alone (counts without computing)")
     p.add_argument("--configs", default="512x12,256x24", help="comma-separated PATCHxBATCH, e.g. 512x12,256x24")
     p.add_argument("--models", default="U-Net,S,L")
     p.add_argument("--modes", default="eager,compile", help="eager, compile or both")
@@ -547,6 +573,9 @@ def register(subparsers) -> None:
     p.add_argument("--profile", action="store_true", help="only profile one training step of the first DANIE "
                    "model and variant on the first config (compiled with --modes compile): how much of the step the "
                    "device is busy, and the kernels that take most device time")
+    p.add_argument("--launches", action="store_true", help="only count what one eager training step of each model "
+                   "dispatches on the first config (first variant): operators, and the convolutions, matrix "
+                   "products and attention calls among them, which a compiled step still launches one by one")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -555,8 +584,15 @@ def _cmd_bench(args) -> int:
     danie_models = [m for m in args.models.split(",") if m != "U-Net"] or ["L"]
     variants = args.variants.split(",")
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
-    if args.check_fast_paths or args.profile or args.explain:
-        if args.profile:
+    if _device(args.device).type == "meta" and not args.launches:
+        print("bench: --device meta only counts (--launches); timings, checks and profiles need cpu or cuda",
+              file=sys.stderr)
+        return 2
+    if args.check_fast_paths or args.profile or args.explain or args.launches:
+        if args.launches:
+            text = launch_table(args.models.split(","), variants[0], *configs[0], args.in_chans, args.classes,
+                                _device(args.device))
+        elif args.profile:
             text = profile_row(danie_models[0], variants[0], *configs[0], args.in_chans, args.classes,
                                _device(args.device), amp_dtype, args.modes == "compile", args.compile_backend,
                                args.warmup, args.iters)
