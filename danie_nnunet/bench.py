@@ -24,6 +24,7 @@ from functools import partial
 from typing import Callable, List, Optional, Sequence
 
 import torch
+
 from .compiled import INDUCTOR_MODES, backward_outside_autocast
 from .dispatch_count import LIBRARY_KINDS, count_dispatch, count_training_step
 
