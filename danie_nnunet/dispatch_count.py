@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import contextmanager
-from typing import Callable, List
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
 LIBRARY_KINDS = ("convolution", "matmul", "attention")
 _LIBRARY_OPS = {"convolution": "convolution", "convolution_backward": "convolution", "mm": "matmul",
@@ -60,12 +60,11 @@ class DispatchCount(TorchDispatchMode):
             self.paused = False
 
 
-_ACTIVE: List[DispatchCount] = []  # the counting_dispatch contexts open now, innermost last
-
-
 def _as_one_attention_call(fn: Callable[[], object]):
-    # the count open when this runs: a backward is often counted in another context than its forward
-    return _ACTIVE[-1].fused_call(fn) if _ACTIVE else fn()
+    # the count active when this runs (torch's dispatch mode stack): a backward is often counted in another
+    # context than its forward
+    counting = _get_current_dispatch_mode()
+    return counting.fused_call(fn) if isinstance(counting, DispatchCount) else fn()
 
 
 class _AttentionAsOneCall(torch.autograd.Function):
@@ -106,13 +105,8 @@ class _CountAttentionAsCUDA(TorchFunctionMode):
 @contextmanager
 def counting_dispatch():
     """A DispatchCount (its .counts fill while the context is active), attention counted as on CUDA."""
-    counting = DispatchCount()
-    _ACTIVE.append(counting)
-    try:
-        with _CountAttentionAsCUDA(), counting:
-            yield counting
-    finally:
-        _ACTIVE.remove(counting)
+    with _CountAttentionAsCUDA(), DispatchCount() as counting:
+        yield counting
 
 
 def count_dispatch(fn: Callable[[], object]) -> Counter:
