@@ -1,12 +1,15 @@
 """HierarchicalAttention: the local spatial-channel attention of the HAP stream (paper Eq. 2-5, spec §2.3)."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class ChannelAttentionMLP(nn.Module):
-    """sigma(MLP(P^s(x))) for one pooling branch; the MLP is shared by both branches (Eq. 2, A11)."""
+    """sigma(MLP(P^s(x))) for both pooling branches; the MLP is shared by them (Eq. 2, A11)."""
 
     def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8):
         super().__init__()
@@ -14,13 +17,17 @@ class ChannelAttentionMLP(nn.Module):
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
                                  nn.Conv2d(hidden, channels, 1, bias=False))
 
-    def forward(self, x: torch.Tensor, pool: str) -> torch.Tensor:
+    def forward(self, x_max: torch.Tensor, x_avg: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # max with indices, as CBAM's code (max_pool2d / torch.max): its backward routes the gradient through the
         # argmax, where amax's compares the input with its max again, in a kernel that met Inductor's CPU bf16
         # miscompile (bench/repro_inductor_nan.py)
-        pooled = x.flatten(2).max(dim=2, keepdim=True).values.unsqueeze(-1) if pool == "max" \
-            else x.mean(dim=(2, 3), keepdim=True)
-        return torch.sigmoid(self.mlp(pooled))
+        pooled_max = x_max.flatten(2).max(dim=2, keepdim=True).values.unsqueeze(-1)
+        pooled_avg = x_avg.mean(dim=(2, 3), keepdim=True)
+        # the shared MLP runs once on the two branches as a batch of 2B: two convolutions each way per unit, not four
+        # (split by slicing: chunk(2) of a symbolic 2B guards the batch size, and the ONNX export loses its batch axis)
+        a = torch.sigmoid(self.mlp(torch.cat([pooled_max, pooled_avg])))
+        b = x_max.shape[0]
+        return a[:b], a[b:]
 
 
 class SpatialAttentionConv(nn.Module):
@@ -31,9 +38,27 @@ class SpatialAttentionConv(nn.Module):
         self.pool = pool
         self.conv = nn.Conv2d(1, 1, kernel_size, padding=kernel_size // 2, bias=True)
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return x.max(dim=1, keepdim=True).values if self.pool == "max" else x.mean(dim=1, keepdim=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.max(dim=1, keepdim=True).values if self.pool == "max" else x.mean(dim=1, keepdim=True)
-        return torch.sigmoid(self.conv(pooled))
+        return torch.sigmoid(self.conv(self.pooled(x)))
+
+
+def spatial_attention_pair(spatial_max: SpatialAttentionConv, spatial_avg: SpatialAttentionConv,
+                           x_max: torch.Tensor, x_avg: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Both branches' spatial attention maps (Eq. 3) from one grouped convolution of the 2-channel pooled map.
+
+    The same function as calling the two modules with their own weights, in one convolution call each way instead
+    of two: a compiled training step is bound by the host launching such calls (docs/performance.md).
+    """
+    pooled = torch.cat([spatial_max.pooled(x_max), spatial_avg.pooled(x_avg)], dim=1)
+    if x_max.is_contiguous(memory_format=torch.channels_last):  # cat of two 1-channel maps may come out NCHW
+        pooled = pooled.contiguous(memory_format=torch.channels_last)
+    conv_max, conv_avg = spatial_max.conv, spatial_avg.conv
+    maps = F.conv2d(pooled, torch.cat([conv_max.weight, conv_avg.weight]), torch.cat([conv_max.bias, conv_avg.bias]),
+                    padding=conv_max.padding, groups=2)
+    return torch.sigmoid(maps).chunk(2, dim=1)
 
 
 class DynamicCalibrationGate(nn.Module):
@@ -80,17 +105,16 @@ class HierarchicalAttention(nn.Module):
         self.channel_out = nn.Identity()
         self.spatial_out = nn.Identity()
 
-    def _branch(self, h: torch.Tensor, pool: str) -> torch.Tensor:
-        x = h
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        # the max and avg branches step together, so each step's two convolutions run as one (same function)
+        x_max = x_avg = h
         for step in self.steps:
             if step == "channel":
-                x = self.channel_out(self.channel_att(x, pool) * x)  # Eq. 2: m = A^c ⊙ h
+                a_max, a_avg = self.channel_att(x_max, x_avg)
+                x_max, x_avg = self.channel_out(a_max * x_max), self.channel_out(a_avg * x_avg)  # Eq. 2: m = A^c ⊙ h
             else:
-                x = self.spatial_out((self.spatial_max if pool == "max" else self.spatial_avg)(x) * x)  # Eq. 3
-        return x
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        o_max, o_avg = self._branch(h, "max"), self._branch(h, "avg")
+                a_max, a_avg = spatial_attention_pair(self.spatial_max, self.spatial_avg, x_max, x_avg)
+                x_max, x_avg = self.spatial_out(a_max * x_max), self.spatial_out(a_avg * x_avg)  # Eq. 3: O = A^s ⊙ m
         if self.calibration is None:
-            return o_max + o_avg
-        return self.calibration(h, o_max, o_avg)
+            return x_max + x_avg
+        return self.calibration(h, x_max, x_avg)

@@ -424,7 +424,7 @@ def launch_table(models: Sequence[str], variant: str, patch: int, batch: int, in
     """What one eager training step (forward, the trainer's loss, backward; no optimiser, no autocast) of each
     model dispatches (dispatch_count.py): operators, and the library calls among them (convolutions, matrix
     products, attention; forward and backward), which a compiled step still launches one by one."""
-    rows, reference = [], None
+    rows, library_calls = [], {}
     for model in models:
         if model == "U-Net":
             step, x = _unet_training(patch, batch, in_chans, num_classes, device)
@@ -434,13 +434,13 @@ def launch_table(models: Sequence[str], variant: str, patch: int, batch: int, in
             label = f"DANIE-{model}" + (f", {variant}" if variant != "plain" else "")
         parts = count_training_step(step.net, step.loss_fn, x, step.targets)
         total = sum(parts.values(), start=Counter())
-        library = sum(total[k] for k in LIBRARY_KINDS)
-        if model == "U-Net":
-            reference = library
-        ratio = f"{library / reference:.1f}x" if reference else "n/a"
+        library_calls[model] = sum(total[k] for k in LIBRARY_KINDS)
         rows.append([label] + [str(parts[p]["operators"]) for p in ("forward", "loss", "backward")]
-                    + [str(total["operators"])] + [str(total[k]) for k in LIBRARY_KINDS] + [str(library), ratio])
+                    + [str(total["operators"])] + [str(total[k]) for k in LIBRARY_KINDS] + [str(library_calls[model])])
         del step
+    reference = library_calls.get("U-Net")  # the ratio column, wherever --models puts the U-Net
+    for model, row in zip(models, rows):
+        row.append(f"{library_calls[model] / reference:.1f}x" if reference else "n/a")
     note = (f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}; torch "
             f"{torch.__version__}; one eager training step at {batch}x{in_chans}x{patch}x{patch}, {num_classes} "
             "classes, the trainers' losses with deep supervision; operators exclude views; library calls are "
@@ -585,21 +585,22 @@ def _cmd_bench(args) -> int:
     danie_models = [m for m in args.models.split(",") if m != "U-Net"] or ["L"]
     variants = args.variants.split(",")
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
-    if _device(args.device).type == "meta" and not args.launches:
+    device = _device(args.device)
+    if device.type == "meta" and not args.launches:
         print("bench: --device meta only counts (--launches); timings, checks and profiles need cpu or cuda",
               file=sys.stderr)
         return 2
     if args.check_fast_paths or args.profile or args.explain or args.launches:
         if args.launches:
             text = launch_table(args.models.split(","), variants[0], *configs[0], args.in_chans, args.classes,
-                                _device(args.device))
+                                device)
         elif args.profile:
             text = profile_row(danie_models[0], variants[0], *configs[0], args.in_chans, args.classes,
-                               _device(args.device), amp_dtype, args.modes == "compile", args.compile_backend,
+                               device, amp_dtype, args.modes == "compile", args.compile_backend,
                                args.warmup, args.iters)
         elif args.explain:
             text = explain_compile(danie_models[0], variants[0], *configs[0], args.in_chans, args.classes,
-                                   _device(args.device), amp_dtype)
+                                   device, amp_dtype)
         else:
             try:
                 text = "\n".join(check_fast_paths(args.device, danie_models[0], *configs[0],

@@ -19,6 +19,48 @@ def test_hierarchical_attention_keeps_shape(kwargs):
     assert out.shape == h.shape and torch.isfinite(out).all()
 
 
+def _branch_by_branch(att, h):
+    """Eq. 2-5 written one pooling branch at a time, each convolution on its own (the reference formulation)."""
+    def branch(pool):
+        x = h
+        for step in att.steps:
+            if step == "channel":
+                pooled = x.amax(dim=(2, 3), keepdim=True) if pool == "max" else x.mean(dim=(2, 3), keepdim=True)
+                x = torch.sigmoid(att.channel_att.mlp(pooled)) * x
+            else:
+                x = (att.spatial_max if pool == "max" else att.spatial_avg)(x) * x
+        return x
+    o_max, o_avg = branch("max"), branch("avg")
+    return o_max + o_avg if att.calibration is None else att.calibration(h, o_max, o_avg)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, dict(order="spatial_first"), dict(dcal=False), dict(channel=False), dict(spatial=False),
+    dict(dcal_gate="channel"), dict(sa_kernel=1), dict(sa_kernel=3, ca_reduction=4),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_hierarchical_attention_runs_both_branches_at_once_as_the_same_function(kwargs, channels_last):
+    # the branches share each step's convolution call (a batch of 2B for the MLP, one grouped conv for the two
+    # spatial maps): outputs and gradients equal the branch-by-branch formulation, with each branch's own weights
+    torch.manual_seed(0)
+    att = HierarchicalAttention(16, **kwargs).double()
+    with torch.no_grad():
+        for p in att.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # the two spatial convs (and w_max, w_avg) differ
+    h = torch.randn(2, 16, 9, 11, dtype=torch.float64)
+    if channels_last:
+        h = h.contiguous(memory_format=torch.channels_last)
+    h.requires_grad_(True)
+    out, ref = att(h), _branch_by_branch(att, h)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    params = [h] + list(att.parameters())
+    weight = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weight).sum(), params)
+    grads_ref = torch.autograd.grad((ref * weight).sum(), params)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
 def test_hierarchical_attention_without_dcal_is_the_sum_of_the_branches():
     att = HierarchicalAttention(16, channel=False, spatial=False, dcal=False)
     h = torch.randn(1, 16, 8, 8)
@@ -132,3 +174,12 @@ def test_matmul_heads_equal_interpolate_heads_values_and_gradients():
     fast32, j32 = fast.float(), [t.detach().float() for t in j]
     with torch.autocast("cpu", dtype=torch.bfloat16):  # within bf16 tolerance under autocast
         torch.testing.assert_close(fast32(j32, size)[0].float(), out_plain[0].detach().float(), atol=0.1, rtol=0.02)
+
+
+def test_hierarchical_attention_exports_with_a_dynamic_batch():
+    # the branches share a batch of 2B; splitting it must not pin the batch size (the ONNX export's batch axis)
+    att = HierarchicalAttention(16).eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(att, (torch.randn(2, 16, 8, 8),), dynamic_shapes=({0: batch},))
+    h = torch.randn(5, 16, 8, 8)
+    torch.testing.assert_close(program.module()(h), att(h))

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from danie_nnunet import bench
+from danie_nnunet.attention import HierarchicalAttention
 from danie_nnunet.dispatch_count import count_dispatch, count_training_step
 
 
@@ -74,17 +75,27 @@ def test_launch_table_counts_every_convolution_and_attention_of_a_danie_step(cap
             m.register_forward_hook(lambda *_: conv_calls.append(1))
     parts = count_training_step(step.net, step.loss_fn, x, step.targets)
     attention_modules = sum(type(m).__name__ == "AttentionCl" for m in step.net.modules())
-    assert parts["forward"]["convolution"] == len(conv_calls) == parts["backward"]["convolution"]
+    # each HierarchicalAttention's two spatial convolutions run as one grouped F.conv2d, which no module hook sees
+    spatial_pairs = sum(isinstance(m, HierarchicalAttention) and m.spatial_max is not None
+                        for m in step.net.modules())
+    assert spatial_pairs == 4
+    convolutions = len(conv_calls) + spatial_pairs
+    assert parts["forward"]["convolution"] == convolutions == parts["backward"]["convolution"]
     assert parts["forward"]["attention"] == attention_modules == parts["backward"]["attention"] > 0
 
     assert main(["bench", "--launches", "--device", "meta", "--configs", "64x2"]) == 0
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| nnU-Net") or line.startswith("| DANIE")]
     assert [r[0] for r in rows] == ["nnU-Net 2D PlainConvUNet", "DANIE-S", "DANIE-L"]
-    assert rows[0][-1] == "1.0x" and rows[1][5] == str(2 * len(conv_calls)) and rows[1][7] == str(2 * attention_modules)
+    assert rows[0][-1] == "1.0x" and rows[1][5] == str(2 * convolutions) and rows[1][7] == str(2 * attention_modules)
     for row in rows:
         assert int(row[4]) == sum(int(c) for c in row[1:4])  # the step is forward + loss + backward
         assert int(row[8]) == sum(int(c) for c in row[5:8])
+
+    assert main(["bench", "--launches", "--device", "meta", "--configs", "64x2", "--models", "S,U-Net"]) == 0
+    later = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("| nnU-Net") or line.startswith("| DANIE")]
+    assert later == [rows[1], rows[0]]  # the ratio is against the U-Net wherever --models puts it
 
 
 def test_the_meta_device_only_counts():
