@@ -14,6 +14,7 @@ imports nnunetv2 and dynamic-network-architectures (for the U-Net and the losses
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -375,22 +376,61 @@ def _mode_label(compiled: bool, compile_backend: str) -> str:
     return "compile" if compile_backend == "inductor" else f"compile ({compile_backend})"
 
 
+def _device_events(events) -> list:
+    # the profiler also credits a kernel's time to the operator that launched it (aten::mm, a Triton launcher), so
+    # only device-side events count, as torch's own "Self CUDA time total" counts them
+    from torch.autograd import DeviceType
+    return [e for e in events if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False)]
+
+
 def device_activity(events) -> tuple:
     """Microseconds of device time in profiler events, each kernel once, and how many device operations (kernels,
-    copies) ran: the profiler also credits a kernel's time to the operator that launched it (aten::mm, a Triton
-    launcher), so only device-side events count, as torch's own "Self CUDA time total" counts them (summing every
-    event counted the compiled DANIE-S's kernels twice: 129.8 ms busy in a 115.4 ms step)."""
-    from torch.autograd import DeviceType
-    device = [e for e in events if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False)]
+    copies) ran (summing every event counted the compiled DANIE-S's kernels twice: 129.8 ms busy in a 115.4 ms
+    step)."""
+    device = _device_events(events)
     return sum(e.self_device_time_total for e in device), sum(e.count for e in device)
+
+
+# kernel families by CUDA kernel name, first match wins: cuDNN's convolution kernels (fprop / dgrad / wgrad,
+# implicit GEMMs and layout transposes) before cuBLAS's GEMMs; what compiling can fuse is "Inductor-generated"
+# (compiled), or eager normalisation and "other" (elementwise and reduction kernels)
+KERNEL_FAMILIES = (
+    ("Inductor-generated (Triton)", re.compile(r"^triton_")),
+    ("attention", re.compile(r"fmha|flash|attention", re.I)),
+    ("normalisation (eager)", re.compile(r"batch_?norm|bn_fw|bn_bw|layer_?norm", re.I)),  # cuDNN's BN is not a conv
+    ("convolutions (cuDNN)", re.compile(r"conv|dgrad|wgrad|fprop|cudnn|nchwToNhwc|nhwcToNchw", re.I)),
+    ("matrix products (cuBLAS)", re.compile(r"gemm|nvjet|cublas|cutlass|splitK", re.I)),
+    ("optimizer and foreach", re.compile(r"multi_tensor_apply|fused_adam|foreach", re.I)),
+    ("copies and memsets", re.compile(r"^Mem(cpy|set)")),
+)
+
+
+def device_time_by_family(events) -> List[tuple]:
+    """[(family, microseconds, kernels)] of a profile's device time, largest first, "other" for unmatched names:
+    says whether a step's device time is in library calls (which compiling keeps) or in what Inductor fuses."""
+    totals = {}
+    for e in _device_events(events):
+        family = next((name for name, pattern in KERNEL_FAMILIES if pattern.search(e.key)), "other")
+        us, n = totals.get(family, (0.0, 0))
+        totals[family] = (us + e.self_device_time_total, n + e.count)
+    return sorted(((f, us, n) for f, (us, n) in totals.items()), key=lambda row: -row[1])
+
+
+def family_table(events) -> str:
+    """`device_time_by_family` as a Markdown table with each family's share of the device time."""
+    rows = device_time_by_family(events)
+    busy = sum(us for _, us, _ in rows) or 1.0
+    return "\n".join(["| kernel family | device ms | share | kernels |", "|---|---|---|---|"]
+                     + [f"| {family} | {us / 1e3:.1f} | {100 * us / busy:.0f} % | {n} |" for family, us, n in rows])
 
 
 def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
                 device: torch.device, amp_dtype: torch.dtype, compiled: bool = False,
                 compile_backend: str = "inductor", warmup: int = 3, iters: int = 3, row_limit: int = 25) -> str:
     """The kernels of one training step (eager or compiled), most device time first (torch.profiler), after a
-    line that says how much of the step's wall time the device was busy: a step that launches faster than the
-    device computes keeps it busy all the time; one bound by launches or host work does not."""
+    line that says how much of the step's wall time the device was busy (a step that launches faster than the
+    device computes keeps it busy all the time; one bound by launches or host work does not) and, on CUDA, the
+    device time by kernel family (`family_table`)."""
     from torch.profiler import ProfilerActivity, profile
     if model == "U-Net":
         raise ValueError("--profile takes a DANIE model (S or L)")
@@ -411,6 +451,7 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
         busy_us, launches = device_activity(events)
         head += f", device busy {busy_us / 1e3:.1f} ms of it ({busy_us / (1e4 * wall_s):.0f} %) in {launches} " \
                 f"kernels and copies"
+        head += "\n\n" + family_table(events) + "\n"
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return head + "\n" + events.table(sort_by=sort, row_limit=row_limit, max_name_column_width=60)
 

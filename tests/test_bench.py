@@ -88,6 +88,46 @@ def test_device_busy_counts_each_kernel_once():
     assert bench.device_activity([launcher, kernel, memcpy, annotation]) == (12_500.0, 5)
 
 
+def test_device_time_by_kernel_family_sorts_the_h100_profiles_kernels():
+    # kernel names from the compiled DANIE-S's H100 profile (call3_profile_S_compiled.txt) and the eager ones
+    from types import SimpleNamespace
+    from torch.autograd import DeviceType
+
+    def kernel(name, us, n=1):
+        return SimpleNamespace(key=name, device_type=DeviceType.CUDA, self_device_time_total=us, count=n)
+    events = [
+        kernel("dgrad2d_c1_k1_nhwc_specialized", 1831.0, 19), kernel("wgrad2d_shmem_tiling", 1622.0, 8),
+        kernel("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc", 1150.0, 14),
+        kernel("sm80_xmma_wgrad_implicit_gemm_indexed_bf16bf16_bf16f32_f32", 906.0, 2),
+        kernel("sm80_xmma_gemm_f32f32_f32f32_f32_nt_n_tilesize32x32x8", 1382.0, 4),
+        kernel("nvjet_sm90_tst_64x64_64x13_2x1_v_bz_splitK_NTT", 980.0, 44),
+        kernel("fmha_cutlassB_bf16_aligned_64x64_k32_seqaligned_sm80", 1766.0, 22),
+        kernel("triton_red_fused__native_batch_norm_legit_functional_convolution_0", 1457.0),
+        kernel("triton_poi_fused__native_batch_norm_legit_functional_convolution_1", 698.0, 2),
+        kernel("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>", 787.0, 18),
+        kernel("cudnn::bn_fw_tr_1C11_kernel_NCHW<__nv_bfloat16, float>", 300.0),
+        kernel("Memcpy HtoD (Pageable -> Device)", 50.0, 2),
+        kernel("void at::native::vectorized_elementwise_kernel<4, ...>", 10.0, 3),
+        SimpleNamespace(key="aten::mm", device_type=DeviceType.CPU, self_device_time_total=4242.0, count=272),
+    ]
+    families = {f: (us, n) for f, us, n in bench.device_time_by_family(events)}
+    assert families == {
+        "convolutions (cuDNN)": (1831.0 + 1622.0 + 1150.0 + 906.0, 43),
+        "matrix products (cuBLAS)": (1382.0 + 980.0, 48),
+        "attention": (1766.0, 22),
+        "Inductor-generated (Triton)": (1457.0 + 698.0, 3),
+        "optimizer and foreach": (787.0, 18),
+        "normalisation (eager)": (300.0, 1),
+        "copies and memsets": (50.0, 2),
+        "other": (10.0, 3),
+    }
+    rows = bench.device_time_by_family(events)
+    assert [us for _, us, _ in rows] == sorted((us for _, us, _ in rows), reverse=True)
+    assert sum(us for _, us, _ in rows) == bench.device_activity(events)[0]  # every kernel in one family
+    table = bench.family_table(events).splitlines()
+    assert table[2] == "| convolutions (cuDNN) | 5.5 | 43 % | 43 |" and len(table) == 2 + len(rows)
+
+
 @pytest.mark.parametrize("modes, compiled", [("eager,compile", False), ("eager", False), ("compile", True)])
 def test_profile_compiles_only_when_asked_for_compile_alone(monkeypatch, modes, compiled):
     # the default modes (both) profile the eager step, as gpu_checks.sh's bench mode expects
