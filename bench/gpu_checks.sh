@@ -147,8 +147,8 @@ for line in sys.stdin:
     [ $tr = DANIETrainer_bench ] && limit=160 || limit=110
     step "train_$tr" $limit nnUNetv2_train 992 2d 0 -tr $tr -device $dev
     run=$nnUNet_results/Dataset992_Bench512/${tr}__nnUNetPlans__2d
-    # both epochs; the second is the timed one
-    echo "$tr: $(grep -ho "'batch_size': [0-9]*\|'patch_size': \[[0-9, ]*\]\|Epoch time: [0-9.]* s" \
+    # both epochs; the second is the timed one; each epoch's time by part (trainers/epoch_timing.py)
+    echo "$tr: $(grep -ho "'batch_size': [0-9]*\|'patch_size': \[[0-9, ]*\]\|Epoch time: [0-9.]* s\|Epoch time by part: .*s)" \
       $run/fold_0/training_log_*.txt | paste -sd ';')" \
       >> "$OUT/e2e_times.txt"
     if [ $tr = DANIETrainer_bench ]; then

@@ -36,6 +36,25 @@ def test_killed_training_resumes_with_continue(trained):
     assert any(k.startswith("sap.") for k in checkpoint["network_weights"])
 
 
+def test_each_epoch_logs_where_its_time_went(trained):
+    # DANIETrainerTest: 2 training and 1 validation step per epoch; the parts fit in nnU-Net's own epoch time
+    import glob
+    import re
+    logs = "".join(open(f).read() for f in sorted(glob.glob(os.path.join(trained["results"], "fold_0",
+                                                                          "training_log_*.txt"))))
+    parts = re.findall(r"Epoch time by part: training (\d+) steps? ([\d.]+) s .*?, waiting for batches ([\d.]+) s; "
+                       r"validation (\d+) steps? ([\d.]+) s .*?, waiting for batches ([\d.]+) s; the rest "
+                       r"(-?[\d.]+) s \(of ([\d.]+) s\)", logs)
+    totals = [float(t) for t in re.findall(r"Epoch time: ([\d.]+) s", logs)]
+    assert len(parts) == len(totals) >= 2
+    for (train_n, train_s, train_wait, val_n, val_s, val_wait, rest, total), nnunet_total in zip(parts, totals):
+        assert (int(train_n), int(val_n)) == (2, 1)
+        assert float(train_s) > 0 and float(val_s) > 0 and float(rest) >= 0
+        assert float(total) == pytest.approx(nnunet_total, abs=0.02)
+        summed = sum(float(v) for v in (train_s, train_wait, val_s, val_wait, rest))
+        assert summed == pytest.approx(float(total), abs=0.03)
+
+
 def test_predict_ensemble_and_evaluate(trained):
     env, paths, root = trained["env"], trained["paths"], trained["root"]
     outs = []

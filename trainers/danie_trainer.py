@@ -23,6 +23,8 @@ Changes against nnUNetTrainer, nothing else:
 Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
 are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
 ones stop the run (nonfinite_guard.py).
+Each epoch's log also says where its time went: training and validation steps, and the waits for their batches
+(epoch_timing.py).
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ from danie_nnunet.patch_size import round_up_patch_size
 from danie_nnunet.pretrained import ENV_VAR, load_imagenet_weights
 
 from .atomic_checkpoint import remove_partial_writes, write_atomically
+from .epoch_timing import EpochTiming
 from .nonfinite_guard import NonFiniteLossError, NonFiniteStepGuard
 
 NUM_HEADS = 4
@@ -161,7 +164,7 @@ def is_compiled(network: torch.nn.Module) -> bool:
     return isinstance(_inside_ddp(network), OptimizedModule)
 
 
-class DANIETrainer(nnUNetTrainer):
+class DANIETrainer(EpochTiming, nnUNetTrainer):
     """DANIE-L (the paper's headline model) trained with nnU-Net's data pipeline and the paper's recipe."""
 
     danie_variant = "L"
@@ -337,6 +340,9 @@ class DANIETrainer(nnUNetTrainer):
         write_atomically(super().save_checkpoint, filename)
 
     def train_step(self, batch: dict) -> dict:
+        return self.timed_step("train", self._guarded_train_step, batch)  # for the epoch's timing line
+
+    def _guarded_train_step(self, batch: dict) -> dict:
         # nnU-Net's train_step (autocast on CUDA, GradScaler if fp16, clipping at 12) with the NaN/Inf guard
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]

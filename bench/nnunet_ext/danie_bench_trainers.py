@@ -8,6 +8,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from danie_nnunet.trainers import DANIETrainer
+from danie_nnunet.trainers.epoch_timing import EpochTiming
 
 ITERATIONS = int(os.environ.get("DANIE_BENCH_ITERATIONS", "40"))
 
@@ -17,7 +18,7 @@ class _NoFinalValidation:
         self.print_to_log_file("bench trainer: final validation skipped")
 
 
-class nnUNetTrainer_bench(_NoFinalValidation, nnUNetTrainer):
+class nnUNetTrainer_bench(_NoFinalValidation, EpochTiming, nnUNetTrainer):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 2, ITERATIONS, 10
