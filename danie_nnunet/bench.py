@@ -28,6 +28,7 @@ import torch
 
 from .compiled import INDUCTOR_MODES, backward_outside_autocast
 from .dispatch_count import LIBRARY_KINDS, count_dispatch, count_training_step
+from .markdown import table_lines
 
 # dense bf16 tensor-core peaks (TFLOP/s) by device name, for the "share of peak" column
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
@@ -420,8 +421,9 @@ def family_table(events) -> str:
     """`device_time_by_family` as a Markdown table with each family's share of the device time."""
     rows = device_time_by_family(events)
     busy = sum(us for _, us, _ in rows) or 1.0
-    return "\n".join(["| kernel family | device ms | share | kernels |", "|---|---|---|---|"]
-                     + [f"| {family} | {us / 1e3:.1f} | {100 * us / busy:.0f} % | {n} |" for family, us, n in rows])
+    return "\n".join(table_lines(["kernel family", "device ms", "share", "kernels"],
+                                 [[family, f"{us / 1e3:.1f}", f"{100 * us / busy:.0f} %", str(n)]
+                                  for family, us, n in rows]))
 
 
 def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
@@ -486,8 +488,7 @@ def launch_table(models: Sequence[str], variant: str, patch: int, batch: int, in
             f"{torch.__version__}; one eager training step at {batch}x{in_chans}x{patch}x{patch}, {num_classes} "
             "classes, the trainers' losses with deep supervision; operators exclude views; library calls are "
             "counted forward and backward, each attention as CUDA's one kernel")
-    return "\n".join([note, "", "| " + " | ".join(LAUNCH_HEADER) + " |", "|" + "---|" * len(LAUNCH_HEADER)]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
+    return "\n".join([note, ""] + table_lines(LAUNCH_HEADER, rows))
 
 
 def explain_compile(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,

@@ -7,8 +7,9 @@ import io
 import json
 import math
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
+from ..markdown import table_lines
 from .benchmarks import Benchmark, Column
 from .protocols import PER_CASE_METRICS
 
@@ -52,10 +53,6 @@ def _fmt(value: Optional[float], percent: bool) -> str:
     return f"{value * 100:.2f}" if percent else f"{value:.2f}"
 
 
-def _table(header: List[str], rows: List[List[str]]) -> List[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def markdown(summary: Dict, benchmark: Optional[Benchmark]) -> str:
     mode, units = summary["mode"], summary["units"]
     lines = [f"# {summary['name']}: {benchmark.title if benchmark else 'segmentation'} ({mode} mode)", ""]
@@ -72,7 +69,7 @@ def markdown(summary: Dict, benchmark: Optional[Benchmark]) -> str:
         rows = [[summary["name"]] + [_fmt(_value(summary, c), c.percent) for c in benchmark.columns]]
         rows += [[name] + [_fmt(v / 100 if c.percent else v, c.percent) for v, c in zip(values, benchmark.columns)]
                  for name, values in benchmark.paper_rows.items()]
-        lines += _table(header, rows)
+        lines += table_lines(header, rows)
         if benchmark.note:
             lines += ["", benchmark.note]
         if mode != "paper" and any(c.pooled for c in benchmark.columns):
@@ -88,7 +85,7 @@ def markdown(summary: Dict, benchmark: Optional[Benchmark]) -> str:
                     + [str(s[k]) for k in ("n_cases", "n_missed", "n_spurious", "n_both_empty")])
     rows.append(["**mean**", ""] + [_fmt(summary["mean"][m], m not in ("HD95", "ASD")) for m in PER_CASE_METRICS]
                 + ["", "", "", ""])
-    lines += _table(header, rows)
+    lines += table_lines(header, rows)
     lines.append("")
     return "\n".join(lines)
 
