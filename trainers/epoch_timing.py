@@ -46,10 +46,14 @@ class EpochTimes:
 class EpochTiming:
     """Logs, after each epoch, its training and validation steps' time and the waits for their batches."""
 
+    def _start_epoch_times(self) -> EpochTimes:
+        self._epoch_timing = EpochTimes(PhaseTimes(), PhaseTimes())
+        self._phase_start = perf_counter()
+        return self._epoch_timing
+
     def _epoch_times(self) -> EpochTimes:
         if getattr(self, "_epoch_timing", None) is None:  # a step run outside nnU-Net's loop, e.g. by a test
-            self._epoch_timing = EpochTimes(PhaseTimes(), PhaseTimes())
-            self._phase_start = perf_counter()
+            return self._start_epoch_times()
         return self._epoch_timing
 
     def timed_step(self, phase: str, step: Callable[[dict], dict], batch: dict) -> dict:
@@ -67,8 +71,7 @@ class EpochTiming:
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
-        self._epoch_timing = None
-        self._epoch_times()
+        self._start_epoch_times()
 
     def train_step(self, batch: dict) -> dict:
         return self.timed_step("train", super().train_step, batch)
@@ -85,5 +88,4 @@ class EpochTiming:
         # nnU-Net's "Epoch time" runs from on_epoch_start to the start of on_epoch_end, as this does
         epoch_s = time() - self.logger.get_value("epoch_start_timestamps", step=-1)
         self.print_to_log_file(self._epoch_times().describe(epoch_s), also_print_to_console=False)
-        self._epoch_timing = None
         super().on_epoch_end()
