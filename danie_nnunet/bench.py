@@ -406,24 +406,64 @@ KERNEL_FAMILIES = (
 )
 
 
+# host (CPU) events by name, first match wins: where the host spends a step. A step bound by launches shows its
+# time in launching (CUDA runtime, Inductor's launchers, the library operators' host side, Python wrappers); one
+# bound by the device shows it in the runtime's waits (a blocking copy such as `.item()`, a synchronisation)
+HOST_FAMILIES = (
+    ("CUDA runtime: waits and copies", re.compile(r"^cu(da)?\w*(Synchronize|Memcpy|Memset)")),
+    ("CUDA runtime: kernel launches", re.compile(r"^cu(da)?\w*Launch")),
+    ("Inductor kernel launchers", re.compile(r"^triton_")),
+    ("library operators (host side)",
+     re.compile(r"^aten::(\w*conv\w*|mm|addmm|bmm|baddbmm|\w*attention\w*)$")),
+    ("optimizer and foreach", re.compile(r"^Optimizer\.|^aten::(_fused_adamw?_?|_foreach\w*)$")),
+    ("compiled-graph runtime (Python)",
+     re.compile(r"^(Torch-Compiled Region|## Call CompiledFxGraph|CompiledFunction|TorchDynamo|AOTDispatcher|"
+                r"Pregraph bytecode)")),
+    ("autograd engine", re.compile(r"^autograd::|^torch::autograd::|Backward\d*$")),
+    ("other operators", re.compile(r"^aten::")),
+)
+
+
+def _time_by_family(events, families, self_time) -> List[tuple]:
+    # [(family, microseconds, calls)] largest first, "other" for names no pattern matches
+    totals = {}
+    for e in events:
+        family = next((name for name, pattern in families if pattern.search(e.key)), "other")
+        us, n = totals.get(family, (0.0, 0))
+        totals[family] = (us + self_time(e), n + e.count)
+    return sorted(((f, us, n) for f, (us, n) in totals.items()), key=lambda row: -row[1])
+
+
 def device_time_by_family(events) -> List[tuple]:
     """[(family, microseconds, kernels)] of a profile's device time, largest first, "other" for unmatched names:
     says whether a step's device time is in library calls (which compiling keeps) or in what Inductor fuses."""
-    totals = {}
-    for e in _device_events(events):
-        family = next((name for name, pattern in KERNEL_FAMILIES if pattern.search(e.key)), "other")
-        us, n = totals.get(family, (0.0, 0))
-        totals[family] = (us + e.self_device_time_total, n + e.count)
-    return sorted(((f, us, n) for f, (us, n) in totals.items()), key=lambda row: -row[1])
+    return _time_by_family(_device_events(events), KERNEL_FAMILIES, lambda e: e.self_device_time_total)
+
+
+def host_time_by_family(events) -> List[tuple]:
+    """[(family, microseconds, calls)] of a profile's host time (each CPU event's self time, so nothing twice),
+    largest first: says whether a host-bound step's host time goes to launching kernels, to the library
+    operators, to Python wrappers, or to waiting for the device."""
+    from torch.autograd import DeviceType
+    host = [e for e in events if e.device_type == DeviceType.CPU]
+    return _time_by_family(host, HOST_FAMILIES, lambda e: e.self_cpu_time_total)
+
+
+def _family_lines(rows, first: str, unit: str, calls: str) -> str:
+    total = sum(us for _, us, _ in rows) or 1.0
+    return "\n".join(table_lines([first, unit, "share", calls],
+                                 [[family, f"{us / 1e3:.1f}", f"{100 * us / total:.0f} %", str(n)]
+                                  for family, us, n in rows]))
 
 
 def family_table(events) -> str:
     """`device_time_by_family` as a Markdown table with each family's share of the device time."""
-    rows = device_time_by_family(events)
-    busy = sum(us for _, us, _ in rows) or 1.0
-    return "\n".join(table_lines(["kernel family", "device ms", "share", "kernels"],
-                                 [[family, f"{us / 1e3:.1f}", f"{100 * us / busy:.0f} %", str(n)]
-                                  for family, us, n in rows]))
+    return _family_lines(device_time_by_family(events), "kernel family", "device ms", "kernels")
+
+
+def host_family_table(events) -> str:
+    """`host_time_by_family` as a Markdown table with each family's share of the host time."""
+    return _family_lines(host_time_by_family(events), "host family", "host ms (profiled)", "calls")
 
 
 def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
@@ -431,8 +471,9 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
                 compile_backend: str = "inductor", warmup: int = 3, iters: int = 3, row_limit: int = 25) -> str:
     """The kernels of one training step (eager or compiled), most device time first (torch.profiler), after a
     line that says how much of the step's wall time the device was busy (a step that launches faster than the
-    device computes keeps it busy all the time; one bound by launches or host work does not) and, on CUDA, the
-    device time by kernel family (`family_table`)."""
+    device computes keeps it busy all the time; one bound by launches or host work does not), on CUDA the device
+    time by kernel family (`family_table`), and the host time by family (`host_family_table`): launching,
+    library operators, Python wrappers, or waiting for the device."""
     from torch.profiler import ProfilerActivity, profile
     if model == "U-Net":
         raise ValueError("--profile takes a DANIE model (S or L)")
@@ -453,7 +494,10 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
         busy_us, launches = device_activity(events)
         head += f", device busy {busy_us / 1e3:.1f} ms of it ({busy_us / (1e4 * wall_s):.0f} %) in {launches} " \
                 f"kernels and copies"
-        head += "\n\n" + family_table(events) + "\n"
+        head += "\n\n" + family_table(events)
+    # the profiler slows the host (the H100's compiled DANIE-S: 206.8 ms of host time in a 115.4 ms step), so
+    # the host table's shares are what compare with the unprofiled wall time, not its milliseconds
+    head += "\n\n" + host_family_table(events) + "\n"
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return head + "\n" + events.table(sort_by=sort, row_limit=row_limit, max_name_column_width=60)
 

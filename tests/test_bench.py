@@ -73,6 +73,12 @@ def test_profile_names_the_compiled_step_its_wall_time_and_its_operators(capsys)
     assert head.startswith("DANIE-S cl, 2x1x32x32, one compile (eager) training step: ") and " ms wall " in head
     assert float(head.split("step: ")[1].split(" ms")[0]) > 0
     assert any("aten::convolution" in line for line in table)
+    # the host table, then the profiler's own: on CPU the library operators are the convolutions' compute
+    host = table[table.index("| host family | host ms (profiled) | share | calls |"):]
+    host = host[:host.index("")]
+    families = [line.split(" | ")[0].lstrip("| ") for line in host[2:]]
+    assert {"library operators (host side)", "compiled-graph runtime (Python)", "autograd engine"} <= set(families)
+    assert sum(float(line.split(" | ")[2].rstrip(" %")) for line in host[2:]) == pytest.approx(100, abs=len(host))
 
 
 def test_device_busy_counts_each_kernel_once():
@@ -126,6 +132,51 @@ def test_device_time_by_kernel_family_sorts_the_h100_profiles_kernels():
     assert sum(us for _, us, _ in rows) == bench.device_activity(events)[0]  # every kernel in one family
     table = bench.family_table(events).splitlines()
     assert table[2] == "| convolutions (cuDNN) | 5.5 | 43 % | 43 |" and len(table) == 2 + len(rows)
+
+
+def test_host_time_by_family_separates_launching_from_waiting():
+    # CPU-side event names of a compiled CUDA step: the CUDA runtime's calls, Inductor's launchers, the library
+    # operators' host side, the compiled graph's Python wrappers, autograd; device events do not count
+    from types import SimpleNamespace
+    from torch.autograd import DeviceType
+
+    def host(name, us, n=1):
+        return SimpleNamespace(key=name, device_type=DeviceType.CPU, self_cpu_time_total=us, count=n)
+    events = [
+        host("cudaLaunchKernel", 3000.0, 700), host("cuLaunchKernelEx", 2000.0, 1500),
+        host("cudaStreamSynchronize", 900.0, 2), host("cudaMemcpyAsync", 100.0, 3), host("cudaDeviceSynchronize", 5.0),
+        host("triton_poi_fused__native_batch_norm_legit_functional_convolution_1", 40.0, 2),
+        host("triton_red_fused_add_mul_sum_7", 20.0),
+        host("aten::convolution_backward", 11155.0, 132), host("aten::cudnn_convolution", 5741.0, 132),
+        host("aten::convolution", 300.0, 132), host("aten::mm", 7329.0, 272), host("aten::addmm", 3112.0, 88),
+        host("aten::bmm", 1721.0, 44), host("aten::_efficient_attention_backward", 729.0, 22),
+        host("aten::_fused_adamw_", 562.0), host("Optimizer.step#AdamW.step", 80.0),
+        host("aten::_foreach_norm", 30.0), host("Torch-Compiled Region: 0/0", 400.0),
+        host("## Call CompiledFxGraph fey2jiwgstgm44agm3dd", 7000.0, 2), host("CompiledFunctionBackward", 500.0),
+        host("TorchDynamo Cache Lookup", 50.0), host("AOTDispatcher Runtime Wrapper Prologue", 40.0),
+        host("autograd::engine::evaluate_function: CompiledFunctionBackward", 10.0),
+        host("torch::autograd::AccumulateGrad", 600.0, 400), host("SumBackward0", 8.0),
+        host("aten::_conv_depthwise2d", 70.0, 10), host("aten::copy_", 1115.0, 73),
+        host("aten::empty_strided", 200.0, 50),
+        host("some_python_annotation", 1.0),
+        SimpleNamespace(key="triton_red_fused_add_mul_sum_7", device_type=DeviceType.CUDA, self_cpu_time_total=0.0,
+                        self_device_time_total=1457.0, count=1),
+    ]
+    families = {f: (us, n) for f, us, n in bench.host_time_by_family(events)}
+    assert families == {
+        "library operators (host side)": (11155.0 + 5741.0 + 300.0 + 7329.0 + 3112.0 + 1721.0 + 729.0 + 70.0, 832),
+        "compiled-graph runtime (Python)": (400.0 + 7000.0 + 500.0 + 50.0 + 40.0, 6),
+        "CUDA runtime: kernel launches": (5000.0, 2200),
+        "other operators": (1315.0, 123),
+        "CUDA runtime: waits and copies": (1005.0, 6),
+        "optimizer and foreach": (672.0, 3),
+        "autograd engine": (618.0, 402),
+        "Inductor kernel launchers": (60.0, 3),
+        "other": (1.0, 1),
+    }
+    table = bench.host_family_table(events).splitlines()
+    assert table[0] == "| host family | host ms (profiled) | share | calls |"
+    assert table[2].startswith("| library operators (host side) | 30.2 | ") and len(table) == 2 + len(families)
 
 
 @pytest.mark.parametrize("modes, compiled", [("eager,compile", False), ("eager", False), ("compile", True)])
