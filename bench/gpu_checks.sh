@@ -29,8 +29,9 @@
 #   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
-# overhead (about 9 min, one call): compiled DANIE-S, then DANIE-L if time allows, in Inductor's reduce-overhead mode
-#   (CUDA graphs of the training step): run(command="bash bench/gpu_checks.sh overhead", carry=[".whl"], timeout_s=590)
+# overhead (at most 9.5 min, one call): the compiled DANIE-S's training step replayed as CUDA graphs (reduce-overhead),
+#   then with Inductor's combo kernels, checked and timed; SETTINGS=... MODELS=... STEP_LIMIT=... change the rows
+#   run(command="bash bench/gpu_checks.sh overhead", carry=[".whl"], timeout_s=590)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
 # SMALL=1 shrinks every size so the script itself can be tried on a CPU.
@@ -90,10 +91,15 @@ elif [ "$mode" = mirror ]; then
   step mirror 150 $PY "$here/mirror_batching.py" --models S,L --size $size --tiles $tiles --device $device
   grep "^|\|^device" "$OUT/log.txt" > "$OUT/mirror_batching.md"
 elif [ "$mode" = overhead ]; then
-  # the compiled step replayed as CUDA graphs (Inductor's reduce-overhead mode), checked and timed: does it give a
-  # DANIE step bound by launches its idle device time back? (eager DANIE-S on the H100: busy 96.6 of 133.7 ms)
-  step bench_overhead 560 $bench --configs $big --models S,L --modes compile --variants cl \
-       --compile-backend reduce-overhead --time-budget 300 --out "$OUT/bench_overhead.md"
+  # the compiled DANIE-S step with fewer launches from the host, each setting checked against the plain network and
+  # its training step timed (the compiled DANIE-S on the H100: device busy 64.1 of 115.4 ms, bound by the host):
+  # reduce-overhead replays the step as CUDA graphs (the row says whether Inductor replayed or skipped them),
+  # combo-kernels launches up to 8 independent generated kernels as one (danie_nnunet/compiled.py). A compiled S row
+  # took 312 s on the H100 with its inference columns, which --train-only leaves out
+  for setting in ${SETTINGS:-reduce-overhead combo-kernels}; do
+    step "overhead_$setting" "${STEP_LIMIT:-280}" $bench --configs $big --models "${MODELS:-S}" --modes compile \
+         --variants cl --compile-backend "$setting" --train-only --out "$OUT/bench_overhead_$setting.md"
+  done
 elif [ "$mode" = bench ]; then
   step bench_eager 250 $bench --configs $big --models U-Net,S,L --modes eager --variants plain,cl,cl+rc \
        --out "$OUT/bench_eager.md"

@@ -26,7 +26,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from .compiled import INDUCTOR_MODES, backward_outside_autocast
+from .compiled import COMPILE_SETTINGS, backward_outside_autocast, cuda_graph_skips, replays_cuda_graphs
 from .dispatch_count import LIBRARY_KINDS, count_dispatch, count_training_step
 from .markdown import table_lines
 
@@ -70,16 +70,17 @@ class BenchRow:
     infer_tflops: float
     tile_ops: int
     tiles_s: float
-    tiles_s_graphs: float  # -1: not measured (the U-Net, CPU)
+    tiles_s_graphs: float  # -1 here and above: not measured (e.g. graphs: the U-Net, CPU)
     check: str = "reference"
 
     def cells(self, peak: Optional[float]) -> List[str]:
         share = f"{100 * self.train_tflops / peak:.1f}%" if peak else "n/a"
+        optional = [(self.peak_gib, f"{self.peak_gib:.2f}"), (self.infer_slices_s, _rate(self.infer_slices_s)),
+                    (self.infer_tflops, f"{self.infer_tflops:.3g}"), (self.tile_ops, str(self.tile_ops)),
+                    (self.tiles_s, _rate(self.tiles_s)), (self.tiles_s_graphs, _rate(self.tiles_s_graphs))]
         return [self.model, self.mode, f"{self.patch}x{self.patch}", str(self.batch), f"{self.train_ms:.1f}",
-                _rate(self.train_slices_s), f"{self.train_tflops:.3g}", share,
-                f"{self.peak_gib:.2f}" if self.peak_gib >= 0 else "n/a", _rate(self.infer_slices_s),
-                f"{self.infer_tflops:.3g}", str(self.tile_ops), _rate(self.tiles_s),
-                _rate(self.tiles_s_graphs) if self.tiles_s_graphs >= 0 else "n/a", self.check]
+                _rate(self.train_slices_s), f"{self.train_tflops:.3g}", share] + \
+            [text if value >= 0 else "n/a" for value, text in optional] + [self.check]
 
 
 def _rate(per_second: float) -> str:
@@ -311,10 +312,11 @@ def compare_with_plain(model: str, variant: str, compiled: bool, patch: int, bat
 
 def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
               device: torch.device, compiled: bool, warmup: int, iters: int, amp_dtype: torch.dtype,
-              compile_backend: str = "inductor") -> BenchRow:
-    """Check (DANIE rows) and time one row: a training step, then eager inference as nnU-Net's predictor runs it
-    (eval, no grad, deep supervision off, fp16 autocast on CUDA)."""
+              compile_backend: str = "inductor", inference: bool = True) -> BenchRow:
+    """Check (DANIE rows) and time one row: a training step, then (unless `inference` is off) eager inference as
+    nnU-Net's predictor runs it (eval, no grad, deep supervision off, fp16 autocast on CUDA)."""
     amp = device.type == "cuda"
+    skips_before = cuda_graph_skips()
     if model == "U-Net":  # nnU-Net's trainer: fp16 with GradScaler
         label, train_dtype, check = "nnU-Net 2D PlainConvUNet", torch.float16, "reference"
         flops_build = partial(nnunet_unet, patch, in_chans, num_classes)
@@ -332,6 +334,38 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
         torch.cuda.reset_peak_memory_stats(device)
     train_s = _timed(partial(step, x), device, warmup, iters)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else -1.0
+    infer = _inference(net, model, x, device, warmup, iters) if inference else Inference()
+    check += infer.graphs_check
+    precision = str(train_dtype) if amp else str(next(net.parameters()).dtype)
+    mode = f"{_mode_label(compiled, compile_backend)}, {precision.split('.')[-1]}"
+    if model != "U-Net" and variant != "plain":
+        mode += f", {variant}"
+    if compiled:
+        mode += _cuda_graphs_note(compile_backend, skips_before)
+    return BenchRow(label, mode, patch, batch, 1e3 * train_s, batch / train_s, 3 * fwd_flops / train_s / 1e12,
+                    peak, _per_second(batch, infer.batch_s), _per_second(fwd_flops / 1e12, infer.batch_s),
+                    infer.tile_ops, _per_second(1, infer.tile_s), _per_second(1, infer.graphs_s), check)
+
+
+def _per_second(amount: float, seconds: float) -> float:
+    return amount / seconds if seconds > 0 else -1.0  # -1: not measured
+
+
+@dataclass
+class Inference:
+    """Seconds per batch and per single tile (-1: not measured) of a row's network as nnU-Net's predictor runs it."""
+    batch_s: float = -1.0
+    tile_ops: int = -1
+    tile_s: float = -1.0
+    graphs_s: float = -1.0  # DANIE's CUDA graphs of single tiles (cuda_graphs.py); not the U-Net's, not on a CPU
+    graphs_check: str = ""
+
+
+def _inference(net: torch.nn.Module, model: str, x: torch.Tensor, device: torch.device, warmup: int,
+               iters: int) -> Inference:
+    """Eval, no grad, deep supervision off, fp16 autocast on CUDA: the row's batch, then single tiles (inference
+    mode, one call per tile), DANIE also replaying CUDA graphs of them."""
+    amp = device.type == "cuda"
     net.eval()
     if hasattr(net, "deep_supervision"):
         net.deep_supervision = False
@@ -342,33 +376,34 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             net(x)
 
-    infer_s = _timed(infer_step, device, warmup, iters)
+    result = Inference(batch_s=_timed(infer_step, device, warmup, iters))
     tile = x[:1].contiguous()
 
     def tile_step():  # as nnU-Net's predictor: inference mode, one tile per call
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             return net(tile)
 
-    tile_s = _timed(tile_step, device, warmup, iters)
-    tile_ops = count_dispatch(tile_step)["operators"]
-    graphs_s = -1.0
+    result.tile_s = _timed(tile_step, device, warmup, iters)
+    result.tile_ops = count_dispatch(tile_step)["operators"]
     if model != "U-Net" and device.type == "cuda":
-        graphs_s, graphs_check = _graphed_tiles(net, tile_step, device, warmup, iters)
-        check += graphs_check
-    precision = str(train_dtype) if amp else str(next(net.parameters()).dtype)
-    mode = f"{_mode_label(compiled, compile_backend)}, {precision.split('.')[-1]}"
-    if model != "U-Net" and variant != "plain":
-        mode += f", {variant}"
-    return BenchRow(label, mode, patch, batch, 1e3 * train_s, batch / train_s, 3 * fwd_flops / train_s / 1e12,
-                    peak, batch / infer_s, fwd_flops / infer_s / 1e12, tile_ops, 1 / tile_s,
-                    1 / graphs_s if graphs_s > 0 else -1.0, check)
+        result.graphs_s, result.graphs_check = _graphed_tiles(net, tile_step, device, warmup, iters)
+    return result
 
 
 def _compile(net: torch.nn.Module, compile_backend: str) -> torch.nn.Module:
-    """torch.compile with a backend (inductor, aot_eager, eager) or Inductor in one of INDUCTOR_MODES."""
-    if compile_backend in INDUCTOR_MODES:
-        return torch.compile(net, mode=compile_backend)
+    """torch.compile with a backend (inductor, aot_eager, eager) or Inductor in one of COMPILE_SETTINGS."""
+    if compile_backend in COMPILE_SETTINGS:
+        return torch.compile(net, **COMPILE_SETTINGS[compile_backend])
     return torch.compile(net, backend=compile_backend)
+
+
+def _cuda_graphs_note(compile_backend: str, skips_before: int) -> str:
+    """For a setting that replays CUDA graphs, whether the row's compiled graphs did (Inductor skips them for some
+    graphs, e.g. on a CPU, and the row would time another step than it names)."""
+    if not replays_cuda_graphs(compile_backend):
+        return ""
+    skipped = cuda_graph_skips() - skips_before
+    return f", CUDA graphs skipped for {skipped} graph(s)" if skipped else ", CUDA graphs replayed"
 
 
 def _mode_label(compiled: bool, compile_backend: str) -> str:
@@ -557,9 +592,10 @@ def run_bench(device: str = "auto", configs: Sequence[tuple] = ((512, 12), (256,
               compile_modes=(False, True), in_chans: int = 1, num_classes: int = 9, warmup: int = 3,
               iters: int = 10, amp: str = "bf16", peak_tflops: Optional[float] = None,
               variants: Sequence[str] = ("plain",), time_budget: Optional[float] = None,
-              out: Optional[str] = None, compile_backend: str = "inductor") -> str:
+              out: Optional[str] = None, compile_backend: str = "inductor", inference: bool = True) -> str:
     """The Markdown table, one row per (config, model, mode, variant); U-Net rows have no variants. Rows past
-    `time_budget` seconds are listed as skipped; with `out`, the table is rewritten after every row."""
+    `time_budget` seconds are listed as skipped; with `out`, the table is rewritten after every row; without
+    `inference`, the inference columns are n/a (their cuDNN autotuning and graph captures take a minute a row)."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown bench variants {unknown}; choose from {sorted(VARIANTS)}")
@@ -592,7 +628,7 @@ def run_bench(device: str = "auto", configs: Sequence[tuple] = ((512, 12), (256,
                     row_started = time.perf_counter()
                     try:
                         row = bench_row(model, variant, patch, batch, in_chans, num_classes, dev, compiled, warmup,
-                                        iters, amp_dtype, compile_backend)
+                                        iters, amp_dtype, compile_backend, inference)
                         lines.append("| " + " | ".join(row.cells(peak_tflops)) + " |")
                     except torch.OutOfMemoryError:
                         lines.append(f"| {model} | {variant} | {patch}x{patch} | {batch} | out of memory |")
@@ -648,13 +684,15 @@ def register(subparsers) -> None:
                         "activation recomputation, fit12 = as little recomputation as fits 12 GiB, fn = "
                         "MaxViT's LayerNorms in bf16); U-Net rows run as nnU-Net builds them")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compile mode, e.g. "
-                   "aot_eager to tell AOTAutograd problems from Inductor ones, or an Inductor mode: "
-                   f"{', '.join(INDUCTOR_MODES)}")
+                   "aot_eager to tell AOTAutograd problems from Inductor ones, or one of DANIE's Inductor settings "
+                   f"(danie_nnunet/compiled.py): {', '.join(COMPILE_SETTINGS)}")
     p.add_argument("--explain", action="store_true", help="only list torch.compile's graphs and graph breaks for "
                    "the first DANIE model and variant on the first config (training forward under autocast)")
     p.add_argument("--time-budget", type=float, default=None, help="skip the rows that would start after this "
                    "many seconds (the finished rows are kept)")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file (after every row)")
+    p.add_argument("--train-only", action="store_true", help="time the training step alone (the inference "
+                   "columns n/a): about a minute less a row on a cold GPU")
     p.add_argument("--check-fast-paths", action="store_true", help="only compare each fast formulation with the "
                    "plain one (no timing), on the first config and DANIE model; compiled too if --modes has compile")
     p.add_argument("--profile", action="store_true", help="only profile one training step of the first DANIE "
@@ -703,7 +741,7 @@ def _cmd_bench(args) -> int:
     table = run_bench(args.device, configs, args.models.split(","),
                       tuple(m == "compile" for m in args.modes.split(",")), args.in_chans, args.classes,
                       args.warmup, args.iters, args.amp, args.peak_tflops, variants, args.time_budget, args.out,
-                      args.compile_backend)
+                      args.compile_backend, not args.train_only)
     print(table)
     return 1 if "| FAIL" in table else 0
 

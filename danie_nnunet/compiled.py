@@ -15,10 +15,36 @@ from contextlib import nullcontext
 import torch
 
 OPTION = "backward_pass_autocast"
-# Inductor's modes besides its default: reduce-overhead replays the compiled step as CUDA graphs, which spares a step
-# bound by launching its kernels the launches (the compiled DANIE-S on an H100: device busy 64.1 of 115.4 ms); the
-# max-autotune ones benchmark kernel choices at compile time
-INDUCTOR_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# DANIE's compile settings besides Inductor's default, each as torch.compile takes it. Inductor's own modes:
+# reduce-overhead replays the compiled step as CUDA graphs, which spares a step bound by launching its kernels the
+# launches (the compiled DANIE-S on an H100: device busy 64.1 of 115.4 ms); the max-autotune ones benchmark kernel
+# choices at compile time. combo-kernels (Inductor's combo_kernels option, experimental there) launches up to 8
+# independent generated kernels as one: under autocast each of DANIE-S's 367 convolution and linear weights and
+# biases is cast to bf16 by a generated kernel of its own (the library call that reads it cannot take the cast in),
+# and most of their gradients back to fp32 by another, some 650 to 730 launches of a step that do almost no work.
+# Inductor's CPU code ignores the option. (Inductor's cpp_wrapper, which runs the compiled graphs from C++, is not
+# offered: on this project's CPU the C++ of DANIE-S's compiled forward was still compiling after 17 minutes.)
+COMPILE_SETTINGS = {
+    "reduce-overhead": {"mode": "reduce-overhead"},
+    "max-autotune": {"mode": "max-autotune"},
+    "max-autotune-no-cudagraphs": {"mode": "max-autotune-no-cudagraphs"},
+    "combo-kernels": {"options": {"combo_kernels": True}},
+}
+
+
+def replays_cuda_graphs(setting: str) -> bool:
+    """Whether a compile setting replays the compiled graphs as CUDA graphs (Inductor's CUDA graph trees)."""
+    from torch._inductor import list_mode_options  # Inductor's settings of each mode
+    kwargs = COMPILE_SETTINGS.get(setting, {})
+    options = {**(list_mode_options(kwargs["mode"]) if "mode" in kwargs else {}), **kwargs.get("options", {})}
+    return bool(options.get("triton.cudagraphs", False))
+
+
+def cuda_graph_skips() -> int:
+    """How many compiled graphs this process has run without CUDA graphs where a setting asked for them (Inductor's
+    counter; on CUDA its warning "skipping cudagraphs due to ..." says why, on a CPU there are none to replay)."""
+    from torch._dynamo.utils import counters
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def can_trace_backward_outside_autocast() -> bool:

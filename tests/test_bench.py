@@ -25,6 +25,14 @@ def test_bench_prints_a_checked_row_per_model_mode_and_variant(tmp_path):
     assert rows[0][-1] == "reference" and all(r[-1].startswith("PASS") for r in rows[1:])
 
 
+def test_a_train_only_row_leaves_the_inference_columns_unmeasured(capsys):
+    from danie_nnunet.cli import main
+    assert main(["bench", "--device", "cpu", "--configs", "64x1", "--models", "U-Net", "--modes", "eager",
+                 "--warmup", "0", "--iters", "1", "--train-only"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert float(rows[0][4]) > 0 and rows[0][9:14] == ["n/a"] * 5  # train step timed; no inference column
+
+
 def test_bench_check_fails_a_fast_path_that_changes_the_function(monkeypatch):
     build = bench.build_danie
 
@@ -195,7 +203,8 @@ def test_profile_compiles_only_when_asked_for_compile_alone(monkeypatch, modes, 
 
 
 @pytest.mark.parametrize("how, kwargs", [("inductor", {"backend": "inductor"}), ("aot_eager", {"backend": "aot_eager"}),
-                                         ("reduce-overhead", {"mode": "reduce-overhead"})])
+                                         ("reduce-overhead", {"mode": "reduce-overhead"}),
+                                         ("combo-kernels", {"options": {"combo_kernels": True}})])
 def test_compile_backend_takes_a_backend_or_an_inductor_mode(monkeypatch, how, kwargs):
     import torch
     seen = []
@@ -203,6 +212,18 @@ def test_compile_backend_takes_a_backend_or_an_inductor_mode(monkeypatch, how, k
     bench._compile(torch.nn.Linear(1, 1), how)
     assert seen == [kwargs]
     assert bench._mode_label(True, how) == ("compile" if how == "inductor" else f"compile ({how})")
+
+
+def test_a_row_in_a_cuda_graph_setting_says_whether_its_graphs_were_replayed():
+    import torch
+    torch._dynamo.reset()
+    before = bench.cuda_graph_skips()
+    net = bench._compile(torch.nn.Linear(3, 2), "reduce-overhead")
+    net(torch.randn(4, 3)).sum().backward()  # a CPU has no CUDA graphs: Inductor counts the graph as skipped
+    assert bench._cuda_graphs_note("reduce-overhead", before).startswith(", CUDA graphs skipped for ")
+    now = bench.cuda_graph_skips()
+    assert bench._cuda_graphs_note("reduce-overhead", now) == ", CUDA graphs replayed"
+    assert bench._cuda_graphs_note("inductor", before) == bench._cuda_graphs_note("combo-kernels", before) == ""
 
 
 def test_a_slow_rate_keeps_its_digits():

@@ -74,3 +74,35 @@ def test_a_compiled_recomputed_segment_is_the_same_function_and_still_frees_its_
     assert all(b.item() == 2 for n, b in fast.named_buffers() if n.endswith("num_batches_tracked"))
     # the compiled graph keeps the recomputation: it saves a fraction of what the compiled segment saves without it
     assert _saved_bytes(compiled, x) < 0.3 * _saved_bytes(torch.compile(kept), x)
+
+
+def test_a_training_step_has_nothing_that_keeps_cuda_graphs_off():
+    # Inductor replays a compiled graph as CUDA graphs (DANIE_compile_mode=reduce-overhead) only where the graph holds
+    # no CPU tensor and mutates no input but parameters and buffers; else it runs the graph without them
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from danie_nnunet.bench import _losses, build_danie
+
+    class CPUTensorsMade(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in tree_flatten(out)[0]):
+                self.ops.append(str(func))
+            return out
+
+    meta = torch.device("meta")  # shapes and devices without computing
+    net = build_danie("S", 64, 1, 9, "cl", batch=2).to(meta).train()
+    x = torch.randn(2, 1, 64, 64, device=meta).to(memory_format=torch.channels_last)
+    loss_fn, _ = _losses("danie", 5, compiled=False)
+    target = torch.randint(0, 9, (2, 1, 64, 64), device=meta).float()
+    version, made = x._version, CPUTensorsMade()
+    with made:
+        output = net(x)
+        loss_fn(output, [target] * len(output)).backward()
+    assert made.ops == [] and x._version == version
+    assert all(p.grad is not None for p in net.parameters())  # the whole step ran

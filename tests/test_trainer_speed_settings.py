@@ -14,6 +14,7 @@ from danie_nnunet.recompute import recompute_candidates
 from danie_nnunet.trainers import DANIETrainer, DANIETrainer_recompute, DANIETrainer_S, danie_trainer
 from danie_nnunet.trainers.danie_trainer import (DANIEConfigurationError, compile_mode, is_compiled,
                                                  memory_budget_gib, unwrap_network)
+from danie_nnunet.trainers.epoch_timing import EpochTiming
 
 
 def _set_env(monkeypatch, name, value):
@@ -141,13 +142,14 @@ def test_is_compiled_sees_the_compile_wrapper_under_ddp(monkeypatch):
     assert not is_compiled(types.SimpleNamespace(module=network))
 
 
-@pytest.mark.parametrize("env, compiled, ddp, mode, line", [
-    ("reduce-overhead", True, False, "reduce-overhead", "in Inductor's reduce-overhead mode"),
-    ("max-autotune", True, False, "max-autotune", "in Inductor's max-autotune mode"),
+@pytest.mark.parametrize("env, compiled, ddp, kwargs, line", [
+    ("reduce-overhead", True, False, {"mode": "reduce-overhead"}, "in Inductor's reduce-overhead setting"),
+    ("max-autotune", True, False, {"mode": "max-autotune"}, "in Inductor's max-autotune setting"),
+    ("combo-kernels", True, False, {"options": {"combo_kernels": True}}, "in Inductor's combo-kernels setting"),
     ("reduce-overhead", True, True, None, "ignored under DDP"),
     ("reduce-overhead", False, False, None, "ignored: the network is not compiled"),
     (None, True, False, None, None), ("default", True, False, None, None)])
-def test_compile_mode_recompiles_what_nnunet_compiled(monkeypatch, env, compiled, ddp, mode, line):
+def test_compile_mode_recompiles_what_nnunet_compiled(monkeypatch, env, compiled, ddp, kwargs, line):
     seen = []
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda net, **kw: seen.append(kw) or real_compile(net, backend="eager"))
@@ -158,18 +160,35 @@ def test_compile_mode_recompiles_what_nnunet_compiled(monkeypatch, env, compiled
     trainer.network = real_compile(network, backend="eager") if compiled else network
     before = trainer.network
     trainer._apply_compile_mode()
-    assert seen == ([{"mode": mode}] if mode else [])
-    assert trainer.marks_cudagraph_steps is (mode == "reduce-overhead" or mode == "max-autotune")  # CUDA graph modes
-    assert (trainer.network is before) is (mode is None)
+    assert seen == ([kwargs] if kwargs else [])
+    assert trainer.marks_cudagraph_steps is (env in ("reduce-overhead", "max-autotune") and kwargs is not None)
+    assert (trainer.network is before) is (kwargs is None)
     assert unwrap_network(trainer.network) is network and is_compiled(trainer.network) is compiled
     assert len(trainer.logged) == (line is not None) and all(line in logged for logged in trainer.logged)
     x = torch.randn(3, 2)
     assert torch.equal(trainer.network(x), network(x))
 
 
+def test_graphs_run_without_the_cuda_graphs_asked_for_are_logged(monkeypatch):
+    monkeypatch.setenv("DANIE_compile_mode", "reduce-overhead")
+    monkeypatch.setattr(EpochTiming, "on_epoch_end", lambda self: None)  # nnU-Net's own needs a set-up trainer
+    torch._dynamo.reset()
+    trainer = _bare(DANIETrainer)
+    trainer.network = torch.compile(torch.nn.Linear(3, 2))
+    trainer._apply_compile_mode()
+    trainer.on_epoch_end()
+    assert len(trainer.logged) == 1  # nothing compiled yet
+    trainer.network(torch.randn(4, 3)).sum().backward()  # a CPU has no CUDA graphs: Inductor skips them
+    trainer.on_epoch_end()
+    assert "compiled graph(s) ran without the CUDA graphs that DANIE_compile_mode=reduce-overhead asks for" \
+        in trainer.logged[-1] and trainer.shown[-1]
+    trainer.on_epoch_end()
+    assert len(trainer.logged) == 2  # said once
+
+
 def test_a_misspelt_compile_mode_is_refused_with_the_modes_it_takes(monkeypatch):
     monkeypatch.setenv("DANIE_compile_mode", "reduce_overhead")
-    with pytest.raises(DANIEConfigurationError, match="'reduce_overhead' is not an Inductor mode: use one of "
+    with pytest.raises(DANIEConfigurationError, match="'reduce_overhead' is not an Inductor setting: use one of "
                                                       "default, reduce-overhead, max-autotune"):
         compile_mode()
     trainer = _bare(DANIETrainer)

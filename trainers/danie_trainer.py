@@ -14,7 +14,8 @@ Changes against nnUNetTrainer, nothing else:
   with the backward traced outside autocast as eager autograd runs it (on an H100 the compiled DANIE-L passed the
   same-function check at 108.6 ms per step and 15.6 GiB, faster than the eager channels-last DANIE-L on the
   faster-memory H200, 130.4 ms and 20.9 GiB; compiling takes minutes at the first training and validation step;
-  DANIE_compile_mode=reduce-overhead, experimental, compiles in Inductor's CUDA-graph mode instead);
+  DANIE_compile_mode=reduce-overhead or combo-kernels, experimental, compiles in Inductor's CUDA-graph mode or
+  with its horizontal fusion instead);
   inference (nnUNetv2_predict, the final validation) runs the uncompiled network and replays a captured CUDA graph
   per single-tile signature (on an H100 2.85x the eager single-tile throughput of DANIE-L, output identical;
   DANIE_cuda_graphs=f turns it off), and runs each mirrored tile with its three flips as one batch
@@ -43,7 +44,8 @@ from torch import autocast
 from torch._dynamo import OptimizedModule
 
 from danie_nnunet.checks import DatasetError, check_dataset_json
-from danie_nnunet.compiled import INDUCTOR_MODES, can_trace_backward_outside_autocast, trace_backward_outside_autocast
+from danie_nnunet.compiled import (COMPILE_SETTINGS, can_trace_backward_outside_autocast, cuda_graph_skips,
+                                   replays_cuda_graphs, trace_backward_outside_autocast)
 from danie_nnunet.config import DANIEConfig, get_config
 from danie_nnunet.memory import GIB, HEADROOM, budget_note, plan_recompute
 from danie_nnunet.network import DANIE, plans_architecture
@@ -64,8 +66,9 @@ MIRROR_BATCHING_ENV = "DANIE_mirror_batching"
 # GiB of GPU memory that training plans for (default: 85 % of the card); activations that do not fit are
 # recomputed in the backward pass, as few as fit (danie_nnunet/memory.py: plan_recompute)
 MEMORY_ENV = "DANIE_memory_gib"
-# The Inductor mode of a compiling trainer (default: Inductor's default, as nnU-Net compiles); reduce-overhead replays
-# the compiled training step as CUDA graphs (experimental: not yet timed in a trainer, docs/performance.md)
+# The Inductor setting of a compiling trainer (default: Inductor's default, as nnU-Net compiles); reduce-overhead
+# replays the compiled training step as CUDA graphs, combo-kernels launches independent generated kernels together
+# (danie_nnunet/compiled.py; experimental: not yet timed in a trainer, docs/performance.md)
 COMPILE_MODE_ENV = "DANIE_compile_mode"
 
 
@@ -138,13 +141,14 @@ def memory_budget_gib() -> Optional[float]:
 
 
 def compile_mode() -> Optional[str]:
-    """The Inductor mode that DANIE_compile_mode asks for, or None (unset, empty or "default": Inductor's default)."""
+    """The Inductor setting that DANIE_compile_mode asks for (danie_nnunet/compiled.py: COMPILE_SETTINGS), or None
+    (unset, empty or "default": Inductor's default)."""
     value = os.environ.get(COMPILE_MODE_ENV, "").strip()
     if value in ("", "default"):
         return None
-    if value not in INDUCTOR_MODES:
-        raise DANIEConfigurationError(f"{COMPILE_MODE_ENV}={value!r} is not an Inductor mode: use one of default, "
-                                      f"{', '.join(INDUCTOR_MODES)}, or unset it")
+    if value not in COMPILE_SETTINGS:
+        raise DANIEConfigurationError(f"{COMPILE_MODE_ENV}={value!r} is not an Inductor setting: use one of default, "
+                                      f"{', '.join(COMPILE_SETTINGS)}, or unset it")
     return value
 
 
@@ -181,6 +185,7 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
     cuda_graphs = True  # DANIE_cuda_graphs overrides it
     mirror_batching = True  # DANIE_mirror_batching overrides it
     marks_cudagraph_steps = False  # set where DANIE_compile_mode compiles with Inductor's CUDA graph trees
+    cuda_graph_skips_seen = 0  # Inductor's count of graphs run without the CUDA graphs asked for, as last logged
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -280,7 +285,7 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
         self.print_to_log_file(f"DANIE: {decision.reason}", also_print_to_console=decision.to_console)
 
     def _apply_compile_mode(self) -> None:
-        """Recompile (lazily: nothing is traced yet) the network nnU-Net compiled in Inductor's DANIE_compile_mode.
+        """Recompile (lazily: nothing is traced yet) the network nnU-Net compiled in DANIE_compile_mode's setting.
         Not under DDP, whose gradient hooks a CUDA graph replay of the backward would have to keep."""
         mode = compile_mode()  # a misspelt mode is refused whether or not the network is compiled
         if mode is None:
@@ -292,11 +297,12 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
             self.print_to_log_file(f"DANIE: {COMPILE_MODE_ENV}={mode} ignored under DDP: Inductor's default mode "
                                    f"compiles", also_print_to_console=True)
             return
-        from torch._inductor import list_mode_options  # Inductor's settings of each mode
-        self.network = torch.compile(unwrap_network(self.network), mode=mode)
-        self.marks_cudagraph_steps = list_mode_options(mode).get("triton.cudagraphs", False)
-        self.print_to_log_file(f"DANIE: torch.compile in Inductor's {mode} mode ({COMPILE_MODE_ENV}; experimental, "
-                               f"not yet timed in a trainer: docs/performance.md)", also_print_to_console=True)
+        self.network = torch.compile(unwrap_network(self.network), **COMPILE_SETTINGS[mode])
+        self.marks_cudagraph_steps = replays_cuda_graphs(mode)
+        self.cuda_graph_skips_seen = cuda_graph_skips()
+        self.print_to_log_file(f"DANIE: torch.compile in Inductor's {mode} setting ({COMPILE_MODE_ENV}; "
+                               f"experimental, not yet timed in a trainer: docs/performance.md)",
+                               also_print_to_console=True)
 
     def _recompute_if_batch_does_not_fit(self) -> None:
         """Recompute in the backward pass as few segments as the batch needs to fit the card, or DANIE_memory_gib
@@ -328,6 +334,22 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
             super().perform_actual_validation(save_probabilities)
         finally:
             self.network = trained
+
+    def on_epoch_end(self):
+        if self.marks_cudagraph_steps:
+            self._log_cuda_graph_skips()
+        super().on_epoch_end()
+
+    def _log_cuda_graph_skips(self) -> None:
+        """Say so when compiled graphs ran without the CUDA graphs that DANIE_compile_mode asked for: their steps
+        would otherwise be slow without a word in the log."""
+        skips = cuda_graph_skips()
+        if skips > self.cuda_graph_skips_seen:
+            self.print_to_log_file(
+                f"DANIE: {skips - self.cuda_graph_skips_seen} compiled graph(s) ran without the CUDA graphs that "
+                f"{COMPILE_MODE_ENV}={compile_mode()} asks for, launching each kernel from the host; torch's warning "
+                f"'skipping cudagraphs due to ...' says why", also_print_to_console=True)
+            self.cuda_graph_skips_seen = skips
 
     def on_train_start(self):
         super().on_train_start()
