@@ -89,15 +89,21 @@ def run_demo(out_dir: str = "demo_out", device: str = "auto", trainer: Optional[
     trainer = trainer or (GPU_TRAINER if device == "cuda" else CPU_TRAINER)
     out_dir = os.path.abspath(out_dir)
     env = nnunet_env(out_dir)
+    train_env = dict(env)
     if device == "cpu":
         env.setdefault("nnUNet_def_n_proc", "2")
+        # training only (nnU-Net's planner takes this as its thread count): the augmentation in the training
+        # process, where the CPU demo trainer's seed reaches it, so each run gives the same result (background
+        # workers draw their own random numbers, in their own order)
+        train_env = dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "0"))
     log = os.path.join(out_dir, "demo_log.txt")
     paths = write_dataset(env["nnUNet_raw"], DATASET_ID, num_train=num_train)
     print(f"[demo] synthetic dataset: {paths['dataset']}")
     did = str(DATASET_ID)
     times = {"plan_and_preprocess": run_command(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "2d",
                                                  "-np", "2", "-npfp", "2"], env, log)}
-    times["train"] = run_command(["nnUNetv2_train", did, "2d", "0", "-tr", trainer, "-device", device], env, log)
+    times["train"] = run_command(["nnUNetv2_train", did, "2d", "0", "-tr", trainer, "-device", device], train_env,
+                                 log)
     pred = os.path.join(out_dir, "predictions")
     times["predict"] = run_command(["nnUNetv2_predict", "-i", paths["imagesTs"], "-o", pred, "-d", did, "-c", "2d",
                                     "-tr", trainer, "-f", "0", "-device", device, "-npp", "1", "-nps", "1"],

@@ -1,6 +1,11 @@
 """DANIE trainer variants, one idea each, named for what they change (as nnU-Net's own variants)."""
 from __future__ import annotations
 
+import random
+
+import numpy as np
+import torch
+
 from .danie_trainer import DANIETrainer
 
 
@@ -47,8 +52,18 @@ class DANIETrainer_S_250epochs(DANIETrainer_S):
 
 
 class DANIETrainer_S_4epochs_25it(DANIETrainer_S):
-    """The CPU demo: 4 epochs of 25 iterations (5 validation iterations), a few minutes on 2 cores."""
+    """The CPU demo: 4 epochs of 25 iterations (5 validation iterations), a few minutes on 2 cores. Seeded (initial
+    weights, patch sampling, augmentation), so that with the augmentation in the training process
+    (nnUNet_n_proc_DA=0, as the demo runs it on a CPU) every run trains the same network: unseeded, about one demo
+    in fifteen learned only two of the five organs in its 100 iterations."""
 
     epochs = 4
     iterations_per_epoch = 25
     val_iterations_per_epoch = 5
+    seed = 0
+
+    def initialize(self):
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
+        super().initialize()
