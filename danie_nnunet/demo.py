@@ -89,13 +89,12 @@ def run_demo(out_dir: str = "demo_out", device: str = "auto", trainer: Optional[
     trainer = trainer or (GPU_TRAINER if device == "cuda" else CPU_TRAINER)
     out_dir = os.path.abspath(out_dir)
     env = nnunet_env(out_dir)
-    train_env = dict(env)
     if device == "cpu":
         env.setdefault("nnUNet_def_n_proc", "2")
-        # training only (nnU-Net's planner takes this as its thread count): the augmentation in the training
-        # process, where the CPU demo trainer's seed reaches it, so each run gives the same result (background
-        # workers draw their own random numbers, in their own order)
-        train_env = dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "0"))
+    # on a CPU, training only (nnU-Net's planner takes this as its thread count): the augmentation in the training
+    # process, where the CPU demo trainer's seed reaches it, so each run gives the same result (background workers
+    # draw their own random numbers, in their own order)
+    train_env = dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "0")) if device == "cpu" else env
     log = os.path.join(out_dir, "demo_log.txt")
     paths = write_dataset(env["nnUNet_raw"], DATASET_ID, num_train=num_train)
     print(f"[demo] synthetic dataset: {paths['dataset']}")
