@@ -29,8 +29,9 @@
 #   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
-# overhead (at most 9.5 min, one call): the compiled DANIE-S's training step replayed as CUDA graphs (reduce-overhead),
-#   then with Inductor's combo kernels, checked and timed; SETTINGS=... MODELS=... STEP_LIMIT=... change the rows
+# overhead (at most 9.5 min, one call): ES alone before and since its split (seconds), then the compiled DANIE-S's
+#   training step replayed as CUDA graphs (reduce-overhead), then with Inductor's combo kernels, checked and timed;
+#   SETTINGS=... MODELS=... STEP_LIMIT=... change the rows
 #   run(command="bash bench/gpu_checks.sh overhead", carry=[".whl"], timeout_s=590)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
@@ -95,7 +96,11 @@ elif [ "$mode" = overhead ]; then
   # its training step timed (the compiled DANIE-S on the H100: device busy 64.1 of 115.4 ms, bound by the host):
   # reduce-overhead replays the step as CUDA graphs (the row says whether Inductor replayed or skipped them),
   # combo-kernels launches up to 8 independent generated kernels as one (danie_nnunet/compiled.py). A compiled S row
-  # took 312 s on the H100 with its inference columns, which --train-only leaves out
+  # took 312 s on the H100 with its inference columns, which --train-only leaves out. First (seconds): ES alone at
+  # DANIE's four levels, before and since its energy is split over chunks of positions (bench/channel_attention.py)
+  if [ -n "${SMALL:-}" ]; then es_size="--size 64 --batch 2 --iters 1"; else es_size=""; fi
+  step channel_attention 60 $PY "$here/channel_attention.py" --device $device $es_size \
+       --out "$OUT/channel_attention.md"
   for setting in ${SETTINGS:-reduce-overhead combo-kernels}; do
     step "overhead_$setting" "${STEP_LIMIT:-280}" $bench --configs $big --models "${MODELS:-S}" --modes compile \
          --variants cl --compile-backend "$setting" --train-only --out "$OUT/bench_overhead_$setting.md"

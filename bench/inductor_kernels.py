@@ -14,7 +14,7 @@ import time
 import torch
 import torch._inductor.metrics as inductor_metrics
 
-from danie_nnunet.bench import _danie_training, _unet_training
+from danie_nnunet.bench import danie_training_step, unet_training_step
 from danie_nnunet.markdown import table_lines
 
 
@@ -23,9 +23,9 @@ def kernels_per_step(model: str, patch: int, batch: int, in_chans: int, num_clas
     cpu = torch.device("cpu")
     torch._dynamo.reset()  # else a model reuses the Dice loss another model compiled (fewer kernels of its own)
     if model == "U-Net":
-        step, x = _unet_training(patch, batch, in_chans, num_classes, cpu, compiled=True)
+        step, x = unet_training_step(patch, batch, in_chans, num_classes, cpu, compiled=True)
     else:  # the bench builds DANIE in float64 on CPU for its checks; a trainer runs fp32
-        step, x = _danie_training(model, "cl", True, patch, batch, in_chans, num_classes, cpu, None)
+        step, x = danie_training_step(model, "cl", True, patch, batch, in_chans, num_classes, cpu, None)
         step.net.float()
         x = x.float()
     inductor_metrics.reset()

@@ -15,7 +15,7 @@ import time
 import torch
 
 from danie_nnunet import create_danie
-from danie_nnunet.bench import _device
+from danie_nnunet.bench import resolve_device
 
 
 def _predictor(network: torch.nn.Module, device: torch.device):
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tiles", type=int, default=20)
     args = parser.parse_args()
-    device = _device(args.device)
+    device = resolve_device(args.device)
     print(f"device {device}; torch {torch.__version__}; {args.size} x {args.size} tiles, 1 channel, 9 classes; "
           f"{args.tiles} tiles after 2 warm-up; {'CUDA graphs, fp16 autocast' if device.type == 'cuda' else 'fp32'}\n")
     print("| model | mirrored tiles/s, unbatched (4 calls) | batched (1 forward of 4) | speed-up | "

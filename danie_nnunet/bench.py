@@ -251,9 +251,9 @@ class CheckResult:
                 f"({self.plain[0]:.1e} / {self.plain[1]:.1e})")
 
 
-def _danie_training(model: str, variant: str, compiled: bool, patch: int, batch: int, in_chans: int,
-                    num_classes: int, device: torch.device, amp_dtype: torch.dtype,
-                    compile_backend: str = "inductor"):
+def danie_training_step(model: str, variant: str, compiled: bool, patch: int, batch: int, in_chans: int,
+                        num_classes: int, device: torch.device, amp_dtype: torch.dtype,
+                        compile_backend: str = "inductor"):
     """A DANIE in a bench variant (matmul heads, compiled or not) with DANIETrainer's step, an input and targets."""
     torch.manual_seed(0)
     dtype = torch.float32 if device.type == "cuda" else CPU_DTYPE
@@ -270,8 +270,8 @@ def _danie_training(model: str, variant: str, compiled: bool, patch: int, batch:
     return step, x
 
 
-def _unet_training(patch: int, batch: int, in_chans: int, num_classes: int, device: torch.device,
-                   compiled: bool = False, compile_backend: str = "inductor"):
+def unet_training_step(patch: int, batch: int, in_chans: int, num_classes: int, device: torch.device,
+                       compiled: bool = False, compile_backend: str = "inductor"):
     """nnU-Net's default 2D U-Net with nnUNetTrainer's step (fp16, GradScaler), an input and its deep-supervision
     targets."""
     net = nnunet_unet(patch, in_chans, num_classes).to(device)
@@ -294,8 +294,8 @@ def compare_with_plain(model: str, variant: str, compiled: bool, patch: int, bat
     eager one with F.interpolate heads in fp32: same weights, input and loss. The plain one also runs in the fast
     one's precision (bf16), which gives the error that precision itself makes. On CPU everything runs in float64
     (CPU_DTYPE). Returns the CheckResult and the fast one's training step and input, ready for timing."""
-    step, x = _danie_training(model, variant, compiled, patch, batch, in_chans, num_classes, device, amp_dtype,
-                              compile_backend)
+    step, x = danie_training_step(model, variant, compiled, patch, batch, in_chans, num_classes, device, amp_dtype,
+                                  compile_backend)
     plain = build_danie(model, patch, in_chans, num_classes, "plain", head_upsample="interpolate")
     plain.to(device=device, dtype=x.dtype).load_state_dict(step.net.state_dict())
     plain.train()
@@ -320,7 +320,7 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
     if model == "U-Net":  # nnU-Net's trainer: fp16 with GradScaler
         label, train_dtype, check = "nnU-Net 2D PlainConvUNet", torch.float16, "reference"
         flops_build = partial(nnunet_unet, patch, in_chans, num_classes)
-        step, x = _unet_training(patch, batch, in_chans, num_classes, device, compiled, compile_backend)
+        step, x = unet_training_step(patch, batch, in_chans, num_classes, device, compiled, compile_backend)
         net = step.net
     else:  # DANIETrainer: bf16 without GradScaler
         label, train_dtype = f"DANIE-{model}", amp_dtype
@@ -512,8 +512,8 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
     from torch.profiler import ProfilerActivity, profile
     if model == "U-Net":
         raise ValueError("--profile takes a DANIE model (S or L)")
-    step, x = _danie_training(model, variant, compiled, patch, batch, in_chans, num_classes, device, amp_dtype,
-                              compile_backend)
+    step, x = danie_training_step(model, variant, compiled, patch, batch, in_chans, num_classes, device, amp_dtype,
+                                  compile_backend)
     # compiled, the first step compiles; unprofiled, since the profiler itself slows the host side
     wall_s = _timed(partial(step, x), device, max(warmup, 1), max(iters, 1))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -549,10 +549,10 @@ def launch_table(models: Sequence[str], variant: str, patch: int, batch: int, in
     rows, library_calls = [], {}
     for model in models:
         if model == "U-Net":
-            step, x = _unet_training(patch, batch, in_chans, num_classes, device)
+            step, x = unet_training_step(patch, batch, in_chans, num_classes, device)
             label = "nnU-Net 2D PlainConvUNet"
         else:
-            step, x = _danie_training(model, variant, False, patch, batch, in_chans, num_classes, device, None)
+            step, x = danie_training_step(model, variant, False, patch, batch, in_chans, num_classes, device, None)
             label = f"DANIE-{model}" + (f", {variant}" if variant != "plain" else "")
         parts = count_training_step(step.net, step.loss_fn, x, step.targets)
         total = sum(parts.values(), start=Counter())
@@ -583,7 +583,8 @@ def explain_compile(model: str, variant: str, patch: int, batch: int, in_chans: 
     return "\n".join(lines)
 
 
-def _device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """'auto': CUDA where there is one, else the CPU; any other name as torch spells it."""
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                         ("cpu" if device == "auto" else device))
 
@@ -599,7 +600,7 @@ def run_bench(device: str = "auto", configs: Sequence[tuple] = ((512, 12), (256,
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown bench variants {unknown}; choose from {sorted(VARIANTS)}")
-    dev = _device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as nnU-Net's run_training sets it
     amp_dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -649,7 +650,7 @@ def check_fast_paths(device: str = "auto", model: str = "L", patch: int = 256, b
     """Each fast formulation (matmul heads with every variant, compiled too if asked) against the plain eager
     network in fp32 (CheckResult: at most CHECK_FACTOR x the plain network's own bf16 error + CHECK_FLOOR; on CPU
     all in float64, within CPU_CHECK_FLOOR). Returns report lines; raises AssertionError on a mismatch."""
-    dev = _device(device)
+    dev = resolve_device(device)
     lines, ok = [], True
     for compiled in ((False, True) if compile_check else (False,)):
         for v in variants:
@@ -709,7 +710,7 @@ def _cmd_bench(args) -> int:
     danie_models = [m for m in args.models.split(",") if m != "U-Net"] or ["L"]
     variants = args.variants.split(",")
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if device.type == "meta" and not args.launches:
         print("bench: --device meta only counts (--launches); timings, checks and profiles need cpu or cuda",
               file=sys.stderr)

@@ -200,9 +200,12 @@ def _meta_network(variant: Union[str, DANIEConfig], patch_size: Sequence[int], i
         return create_danie(variant, patch_size, in_chans, num_classes, deep_supervision=True).to(dtype)
 
 
-def compiled_share(variant: Union[str, DANIEConfig]) -> float:
+def compiled_share(variant: Union[str, DANIEConfig], compiled: bool = True) -> float:
     """The share of the eager per-slice estimate that the compiled network keeps: COMPILED_SHARE for the
-    configurations it was measured for (whatever their implementation options), 1 (the eager estimate) otherwise."""
+    configurations it was measured for (whatever their implementation options), 1 (the eager estimate) otherwise
+    and for a network that is not `compiled`."""
+    if not compiled:
+        return 1.0
     cfg = get_config(variant)
     measured = [replace(get_config(v), name=cfg.name, head_upsample=cfg.head_upsample)
                 for v in COMPILED_SHARE_MEASURED_FOR]
@@ -231,7 +234,7 @@ def estimate_training_memory(variant: Union[str, DANIEConfig], patch_size: Seque
     again in the backward pass; names are resolved as `set_recompute` resolves them. `compiled`: the network
     trained through torch.compile (per slice, `compiled_share` of the eager estimate)."""
     params, present, (one, two) = _profiles(variant, patch_size, in_chans, num_classes, dtype, recompute)
-    return _estimate(params, one, two, present, compiled_share(variant) if compiled else 1.0)
+    return _estimate(params, one, two, present, compiled_share(variant, compiled))
 
 
 def plan_recompute(variant: Union[str, DANIEConfig], patch_size: Sequence[int], in_chans: int, num_classes: int,
@@ -249,7 +252,7 @@ def plan_recompute(variant: Union[str, DANIEConfig], patch_size: Sequence[int], 
     If even every candidate does not fit, the plan has them all and `fits` is False.
     """
     params, candidates, (one, two) = _profiles(variant, patch_size, in_chans, num_classes, dtype)
-    estimate = _estimate(params, one, two, (), compiled_share(variant) if compiled else 1.0)
+    estimate = _estimate(params, one, two, (), compiled_share(variant, compiled))
     if estimate.total_gib(batch_size) <= budget_gib:  # no need for the (slower) traffic count
         return RecomputePlan([], estimate, batch_size, budget_gib, 0.0, compiled)
     estimate = _estimate(params, one, two, ())

@@ -1,6 +1,10 @@
 """The benchmark keeps working on CPU at tiny sizes (timings are printed, never asserted), and its per-row check
 catches a fast path that computes another function."""
+import importlib.util
+import os
+
 import pytest
+import torch
 
 from danie_nnunet import bench
 from danie_nnunet.bench import check_fast_paths, run_bench
@@ -233,3 +237,24 @@ def test_a_slow_rate_keeps_its_digits():
     assert (cells[5], cells[9], cells[12], cells[13]) == ("0.05", "0.04", "0.049", "n/a")
     assert bench.BenchRow("U-Net", "eager", 512, 12, 41.9, 286.6, 103.0, 5.04, 706.4, 84.4, 105, 152.6,
                           -1.0).cells(989.0)[5] == "286.6"
+
+
+def test_channel_attention_bench_times_both_forms_of_es_at_every_level(tmp_path, capsys):
+    # bench/channel_attention.py: ES before and since its split over positions, checked against each other
+    spec = importlib.util.spec_from_file_location(
+        "channel_attention", os.path.join(os.path.dirname(__file__), "..", "bench", "channel_attention.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "es.md"
+    try:
+        script.main(["--models", "S", "--size", "128", "--batch", "1", "--iters", "1", "--device", "cpu",
+                     "--out", str(out)])
+    finally:
+        torch.set_flush_denormal(False)
+    rows = _rows(out.read_text())
+    assert [r[1] for r in rows] == ["1", "2", "3", "4"]
+    assert [r[3] for r in rows] == ["4", "1", "1", "1"]  # 32 x 32 positions, 64 channels: 4 chunks of 256
+    for r in rows:
+        assert float(r[4]) > 0 and float(r[5]) > 0
+        assert float(r[7]) < 1e-5 and float(r[8]) < 1e-4  # fp32 rounding only
+    assert out.read_text() in capsys.readouterr().out

@@ -4,7 +4,7 @@ import torch
 
 from danie_nnunet.attention import HierarchicalAttention
 from danie_nnunet.config import get_config
-from danie_nnunet.context import ChannelSelfAttention, GlobalContextGate
+from danie_nnunet.context import ChannelSelfAttention, GlobalContextGate, position_chunks
 from danie_nnunet.joint_preservation import JointPreservation, PredictionHeads
 
 
@@ -99,6 +99,30 @@ def test_channel_self_attention_is_danets_cam_formula():
     grad, = torch.autograd.grad(out.square().sum(), s)
     grad_ref, = torch.autograd.grad(ref.square().sum(), s)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_self_attention_split_over_positions_is_the_same_function(channels_last):
+    # 16 x 16 positions, 8 channels: ES sums its energy over 8 chunks of 32 positions (the split cuBLAS lacked)
+    assert position_chunks(256, 8) == 8 and position_chunks(16384, 64) == 64 and position_chunks(1024, 256) == 1
+    es = ChannelSelfAttention().double()
+    with torch.no_grad():
+        es.gamma.fill_(0.3)
+    s = torch.randn(2, 8, 16, 16, dtype=torch.float64)
+    if channels_last:
+        s = s.to(memory_format=torch.channels_last)
+    s.requires_grad_()
+    q = s.reshape(2, 8, -1)
+    attn = torch.softmax(-(q @ q.transpose(1, 2)), dim=-1)
+    ref = 0.3 * (attn @ q).reshape(2, 8, 16, 16) + s
+    out = es(s)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    grad_s, grad_gamma = torch.autograd.grad(out, [s, es.gamma], g, retain_graph=True)
+    torch.testing.assert_close(grad_s, torch.autograd.grad(ref, s, g)[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_gamma, (g * (attn @ q).reshape_as(ref)).sum().reshape(1).detach(),
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -68,7 +68,7 @@ def test_a_training_step_counts_each_library_call_forward_and_backward():
 
 def test_launch_table_counts_every_convolution_and_attention_of_a_danie_step(capsys):
     from danie_nnunet.cli import main
-    step, x = bench._danie_training("S", "plain", False, 64, 2, 1, 9, torch.device("meta"), None)
+    step, x = bench.danie_training_step("S", "plain", False, 64, 2, 1, 9, torch.device("meta"), None)
     conv_calls = []
     for m in step.net.modules():
         if isinstance(m, nn.Conv2d):
