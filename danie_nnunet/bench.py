@@ -441,6 +441,9 @@ KERNEL_FAMILIES = (
 )
 
 
+# the operators that call cuDNN, cuBLAS or an attention kernel (compiling keeps each one a call of its own)
+LIBRARY_OPERATOR = re.compile(r"^aten::(\w*conv\w*|mm|addmm|bmm|baddbmm|\w*attention\w*)$")
+
 # host (CPU) events by name, first match wins: where the host spends a step. A step bound by launches shows its
 # time in launching (CUDA runtime, Inductor's launchers, the library operators' host side, Python wrappers); one
 # bound by the device shows it in the runtime's waits (a blocking copy such as `.item()`, a synchronisation)
@@ -448,8 +451,7 @@ HOST_FAMILIES = (
     ("CUDA runtime: waits and copies", re.compile(r"^cu(da)?\w*(Synchronize|Memcpy|Memset)")),
     ("CUDA runtime: kernel launches", re.compile(r"^cu(da)?\w*Launch")),
     ("Inductor kernel launchers", re.compile(r"^triton_")),
-    ("library operators (host side)",
-     re.compile(r"^aten::(\w*conv\w*|mm|addmm|bmm|baddbmm|\w*attention\w*)$")),
+    ("library operators (host side)", LIBRARY_OPERATOR),
     ("optimizer and foreach", re.compile(r"^Optimizer\.|^aten::(_fused_adamw?_?|_foreach\w*)$")),
     ("compiled-graph runtime (Python)",
      re.compile(r"^(Torch-Compiled Region|## Call CompiledFxGraph|CompiledFunction|TorchDynamo|AOTDispatcher|"
@@ -484,6 +486,35 @@ def host_time_by_family(events) -> List[tuple]:
     return _time_by_family(host, HOST_FAMILIES, lambda e: e.self_cpu_time_total)
 
 
+def _has_device_events(events) -> bool:
+    from torch.autograd import DeviceType
+    return any(e.device_type != DeviceType.CPU for e in events)
+
+
+def library_calls_by_shape(events, limit: int = 30) -> List[tuple]:
+    """[(operator, its first three input shapes, microseconds, calls)] of the library operators in a profile
+    recorded with shapes and grouped by them, most time first: which convolution or matrix product, i.e. which
+    module's shape, a step's library time goes to. Device time where kernels ran (each kernel counts for the
+    innermost operator that launched it, so nothing twice), else host time."""
+    from torch.autograd import DeviceType
+    on_device = _has_device_events(events)
+    rows = []
+    for e in events:
+        us = e.self_device_time_total if on_device else e.self_cpu_time_total
+        if e.device_type == DeviceType.CPU and LIBRARY_OPERATOR.search(e.key) and us > 0:
+            shapes = " ".join("x".join(map(str, shape)) for shape in e.input_shapes[:3] if shape)
+            rows.append((e.key, shapes, us, e.count))
+    return sorted(rows, key=lambda row: -row[2])[:limit]
+
+
+def library_shape_table(events, limit: int = 30) -> str:
+    """`library_calls_by_shape` as a Markdown table."""
+    rows = library_calls_by_shape(events, limit)
+    unit = "device ms" if _has_device_events(events) else "host ms (profiled)"
+    return "\n".join(table_lines(["library operator", "input shapes", unit, "calls"],
+                                  [[op, shapes, f"{us / 1e3:.2f}", str(n)] for op, shapes, us, n in rows]))
+
+
 def _family_lines(rows, first: str, unit: str, calls: str) -> str:
     total = sum(us for _, us, _ in rows) or 1.0
     return "\n".join(table_lines([first, unit, "share", calls],
@@ -503,12 +534,13 @@ def host_family_table(events) -> str:
 
 def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
                 device: torch.device, amp_dtype: torch.dtype, compiled: bool = False,
-                compile_backend: str = "inductor", warmup: int = 3, iters: int = 3, row_limit: int = 25) -> str:
+                compile_backend: str = "inductor", warmup: int = 3, iters: int = 3, row_limit: int = 50) -> str:
     """The kernels of one training step (eager or compiled), most device time first (torch.profiler), after a
     line that says how much of the step's wall time the device was busy (a step that launches faster than the
     device computes keeps it busy all the time; one bound by launches or host work does not), on CUDA the device
-    time by kernel family (`family_table`), and the host time by family (`host_family_table`): launching,
-    library operators, Python wrappers, or waiting for the device."""
+    time by kernel family (`family_table`), the host time by family (`host_family_table`): launching,
+    library operators, Python wrappers, or waiting for the device, and the library operators by input shape
+    (`library_shape_table`, from one more step)."""
     from torch.profiler import ProfilerActivity, profile
     if model == "U-Net":
         raise ValueError("--profile takes a DANIE model (S or L)")
@@ -532,7 +564,14 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
         head += "\n\n" + family_table(events)
     # the profiler slows the host (the H100's compiled DANIE-S: 206.8 ms of host time in a 115.4 ms step), so
     # the host table's shares are what compare with the unprofiled wall time, not its milliseconds
-    head += "\n\n" + host_family_table(events) + "\n"
+    head += "\n\n" + host_family_table(events)
+    # one more step with the operators' input shapes recorded (apart, as recording them slows the host further):
+    # which convolutions and matrix products the library time goes to
+    with profile(activities=activities, record_shapes=True) as shaped:
+        step(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    head += "\n\n" + library_shape_table(shaped.key_averages(group_by_input_shape=True)) + "\n"
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return head + "\n" + events.table(sort_by=sort, row_limit=row_limit, max_name_column_width=60)
 

@@ -91,6 +91,15 @@ def test_profile_names_the_compiled_step_its_wall_time_and_its_operators(capsys)
     families = [line.split(" | ")[0].lstrip("| ") for line in host[2:]]
     assert {"library operators (host side)", "compiled-graph runtime (Python)", "autograd engine"} <= set(families)
     assert sum(float(line.split(" | ")[2].rstrip(" %")) for line in host[2:]) == pytest.approx(100, abs=len(host))
+    # then the library operators by input shape, most time first (on this CPU MaxViT's depthwise convolutions,
+    # which float64 runs channel by channel, then its linear layers)
+    shaped = table[table.index("| library operator | input shapes | host ms (profiled) | calls |"):]
+    shaped = [[c.strip() for c in line.strip("|").split("|")] for line in shaped[2:shaped.index("")]]
+    assert 0 < len(shaped) <= 30 and all(bench.LIBRARY_OPERATOR.search(op) for op, *_ in shaped)
+    assert [float(ms) for _, _, ms, _ in shaped] == sorted((float(ms) for _, _, ms, _ in shaped), reverse=True)
+    assert all(shapes and int(calls) > 0 for _, shapes, _, calls in shaped)
+    assert any("conv" in op for op, *_ in shaped) and any(op in ("aten::mm", "aten::addmm") for op, *_ in shaped)
+    assert any(shapes.startswith("2x") and shapes.endswith(" 1x1x3x3") for _, shapes, _, _ in shaped)  # depthwise
 
 
 def test_device_busy_counts_each_kernel_once():
@@ -144,6 +153,34 @@ def test_device_time_by_kernel_family_sorts_the_h100_profiles_kernels():
     assert sum(us for _, us, _ in rows) == bench.device_activity(events)[0]  # every kernel in one family
     table = bench.family_table(events).splitlines()
     assert table[2] == "| convolutions (cuDNN) | 5.5 | 43 % | 43 |" and len(table) == 2 + len(rows)
+
+
+def test_library_calls_by_shape_take_device_time_from_the_innermost_operator():
+    # on CUDA a kernel's time is the self device time of the operator that launched it: aten::convolution holds
+    # none (its child aten::cudnn_convolution launched the kernel), so no call counts twice
+    from types import SimpleNamespace
+    from torch.autograd import DeviceType
+
+    def op(name, shapes, device_us, n=1):
+        return SimpleNamespace(key=name, device_type=DeviceType.CPU, input_shapes=shapes,
+                               self_device_time_total=device_us, self_cpu_time_total=50.0, count=n)
+    events = [
+        op("aten::convolution", [[12, 32, 512, 512], [32, 32, 3, 3], [], [2]], 0.0, 2),
+        op("aten::cudnn_convolution", [[12, 32, 512, 512], [32, 32, 3, 3], [], [2]], 900.0, 2),
+        op("aten::convolution_backward", [[12, 64, 128, 128], [12, 64, 128, 128], [64, 1, 3, 3]], 1100.0, 11),
+        op("aten::bmm", [[768, 256, 64], [768, 64, 256]], 80.0, 4),
+        op("aten::add", [[12, 32, 512, 512], [12, 32, 512, 512]], 400.0, 3),  # not a library call
+        SimpleNamespace(key="sm90_xmma_fprop", device_type=DeviceType.CUDA, input_shapes=[],
+                        self_device_time_total=900.0, self_cpu_time_total=0.0, count=2),
+    ]
+    assert bench.library_calls_by_shape(events) == [
+        ("aten::convolution_backward", "12x64x128x128 12x64x128x128 64x1x3x3", 1100.0, 11),
+        ("aten::cudnn_convolution", "12x32x512x512 32x32x3x3", 900.0, 2),
+        ("aten::bmm", "768x256x64 768x64x256", 80.0, 4)]
+    assert bench.library_calls_by_shape(events, limit=1)[0][0] == "aten::convolution_backward"
+    table = bench.library_shape_table(events).splitlines()
+    assert table[0] == "| library operator | input shapes | device ms | calls |"
+    assert table[2] == "| aten::convolution_backward | 12x64x128x128 12x64x128x128 64x1x3x3 | 1.10 | 11 |"
 
 
 def test_host_time_by_family_separates_launching_from_waiting():
