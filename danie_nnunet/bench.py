@@ -253,10 +253,11 @@ class CheckResult:
 
 def danie_training_step(model: str, variant: str, compiled: bool, patch: int, batch: int, in_chans: int,
                         num_classes: int, device: torch.device, amp_dtype: torch.dtype,
-                        compile_backend: str = "inductor"):
-    """A DANIE in a bench variant (matmul heads, compiled or not) with DANIETrainer's step, an input and targets."""
+                        compile_backend: str = "inductor", dtype: Optional[torch.dtype] = None):
+    """A DANIE in a bench variant (matmul heads, compiled or not) with DANIETrainer's step, an input and targets;
+    in fp32 (CUDA) or CPU_DTYPE (elsewhere) unless `dtype` is given."""
     torch.manual_seed(0)
-    dtype = torch.float32 if device.type == "cuda" else CPU_DTYPE
+    dtype = dtype or (torch.float32 if device.type == "cuda" else CPU_DTYPE)
     net = build_danie(model, patch, in_chans, num_classes, variant, batch=batch, compiled=compiled)
     net.to(device=device, dtype=dtype)
     net.train()
@@ -544,8 +545,10 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
     from torch.profiler import ProfilerActivity, profile
     if model == "U-Net":
         raise ValueError("--profile takes a DANIE model (S or L)")
+    # fp32 on a CPU too: in float64 (CPU_DTYPE, for the checks) MaxViT's depthwise convolutions run channel by
+    # channel, half a million operator calls per step, which took the profiler a minute to read
     step, x = danie_training_step(model, variant, compiled, patch, batch, in_chans, num_classes, device, amp_dtype,
-                                  compile_backend)
+                                  compile_backend, dtype=torch.float32)
     # compiled, the first step compiles; unprofiled, since the profiler itself slows the host side
     wall_s = _timed(partial(step, x), device, max(warmup, 1), max(iters, 1))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
