@@ -24,8 +24,8 @@
 #   run(command="bash bench/gpu_checks.sh compile", carry=[".whl"], timeout_s=540)
 # defaults (about 9.5 min, one call): compiled DANIE-S and U-Net (checked and timed), then eager DANIE-S and DANIE-L
 #   run(command="bash bench/gpu_checks.sh defaults", carry=[".whl"], timeout_s=590)
-# profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps;
-#   MODELS=L (about 5 min) profiles one of them
+# profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps,
+#   device and host time by family, library calls by input shape; MODELS=L (about 5 min) profiles one of them
 #   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
