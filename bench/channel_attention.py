@@ -16,16 +16,15 @@ import torch
 
 from danie_nnunet.bench import resolve_device
 from danie_nnunet.config import VARIANTS
-from danie_nnunet.context import ChannelSelfAttention, position_chunks
+from danie_nnunet.context import ChannelSelfAttention, channel_attention_channels_major, position_chunks
 
 
 def before_split(s: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """ES as written up to the eighth session: channels-major, unsplit, NCHW in between."""
-    b, c, h, w = s.shape
+    """ES as written up to the eighth session: the channels-major form (today's NCHW path) on the channels-last
+    input, so NCHW in between, and converted back to channels-last."""
     with torch.autocast(s.device.type, enabled=False):
-        q = s.float().reshape(b, c, h * w)
-        attn = torch.softmax(-torch.bmm(q, q.transpose(1, 2)), dim=-1)
-        es = gamma * torch.bmm(attn, q).reshape(b, c, h, w) + s.float()
+        q = s.float()
+        es = gamma * channel_attention_channels_major(q) + q
     return es.to(dtype=s.dtype, memory_format=torch.channels_last)
 
 

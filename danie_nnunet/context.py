@@ -43,14 +43,14 @@ class ChannelSelfAttention(nn.Module):
         with torch.autocast(device, enabled=False) if device in _AUTOCAST_DEVICES else nullcontext():
             q = s.to(torch.promote_types(s.dtype, torch.float32))  # fp32, or float64 for float64 checks
             if s.is_contiguous(memory_format=torch.channels_last):
-                out = _channel_attention_positions_major(q)
+                out = channel_attention_positions_major(q)
             else:
-                out = _channel_attention_channels_major(q)
+                out = channel_attention_channels_major(q)
             es = self.gamma * out + q  # Eq. 7, in the input's memory format
         return es.to(s.dtype)
 
 
-def _channel_attention_positions_major(q: torch.Tensor) -> torch.Tensor:
+def channel_attention_positions_major(q: torch.Tensor) -> torch.Tensor:
     """attn @ S (Eq. 6-7) for a channels-last S, split over `position_chunks` pieces of its positions."""
     b, c, h, w = q.shape
     k = position_chunks(h * w, c)
@@ -63,7 +63,7 @@ def _channel_attention_positions_major(q: torch.Tensor) -> torch.Tensor:
     return torch.bmm(s_pos, attn_t).view(b, h, w, c).permute(0, 3, 1, 2)
 
 
-def _channel_attention_channels_major(q: torch.Tensor) -> torch.Tensor:
+def channel_attention_channels_major(q: torch.Tensor) -> torch.Tensor:
     """attn @ S (Eq. 6-7) for an NCHW S, read as C x (H*W)."""
     b, c, h, w = q.shape
     s_ch = q.reshape(b, c, h * w)
