@@ -168,7 +168,7 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 class TrainStep:
     """One training step as the trainer runs it: autocast forward, loss, backward (GradScaler in fp16), clipping
-    at 12, optimiser step (DANIE: AdamW 1e-4/1e-4, fused on CUDA; U-Net: SGD 0.99 nesterov as nnU-Net)."""
+    at 12, optimiser step (DANIE: AdamW 1e-4/1e-4, fused; U-Net: SGD 0.99 nesterov as nnU-Net)."""
 
     def __init__(self, net: torch.nn.Module, model: torch.nn.Module, kind: str, loss_fn, targets, device,
                  amp_dtype: Optional[torch.dtype]):
@@ -176,7 +176,7 @@ class TrainStep:
         self.device_type = device.type
         self.amp = device.type == "cuda" and amp_dtype is not None  # None: fp32
         self.amp_dtype = amp_dtype or torch.float32
-        fused = {"fused": True} if device.type == "cuda" else {}
+        fused = {"fused": True} if device.type in ("cuda", "cpu") else {}  # as DANIETrainer
         if kind == "danie":
             self.opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-4, **fused)
         else:

@@ -10,32 +10,40 @@ from danie_nnunet import create_danie
 from danie_nnunet.config import DANIE_S
 from danie_nnunet.trainers import DANIETrainer_S, fit_plans_to_danie
 from danie_nnunet.trainers.danie_trainer import DANIEConfigurationError
-from danie_nnunet.trainers.nonfinite_guard import NonFiniteLossError, NonFiniteStepGuard
+from danie_nnunet.trainers.nonfinite_guard import NonFiniteLossError, NonFiniteStepGuard, decides_on_device
 
 
-def tiny_model():
+def tiny_model(batchnorm=False):
     torch.manual_seed(0)
-    return torch.nn.Linear(4, 2)
+    return torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2)) if batchnorm else torch.nn.Linear(4, 2)
 
 
 def step(guard, model, optimizer, x, scaler=None):
     optimizer.zero_grad(set_to_none=True)
+    guard.keep_running_statistics(model)
     loss = model(x).pow(2).mean()
-    return guard.backward_and_step(loss, model.parameters(), optimizer, scaler)
+    guard.backward_and_step(loss, model.parameters(), optimizer, scaler)
+    return guard.settle()
 
 
+# DANIETrainer's AdamW is fused: the guard's verdict stays on the device (found_inf). Non-fused: the host decides.
+OPTIMIZERS = {"AdamW-fused": dict(fused=True), "AdamW-foreach": dict(foreach=True)}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("scaler", [None, "grad_scaler"], ids=["bf16-or-fp32", "fp16-GradScaler"])
-def test_nonfinite_loss_is_skipped_and_repeated_ones_stop_the_run(bad, scaler):
+def test_nonfinite_loss_is_skipped_and_repeated_ones_stop_the_run(bad, scaler, optimizer):
     model = tiny_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, **OPTIMIZERS[optimizer])
     scaler = torch.amp.GradScaler("cpu") if scaler else None
     guard = NonFiniteStepGuard(patience=3)
     good, poisoned = torch.ones(2, 4), torch.full((2, 4), bad)
     before = copy.deepcopy(model.state_dict())
     assert not step(guard, model, optimizer, poisoned, scaler)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the weights did not move
-    assert not optimizer.state  # nor did AdamW's moments
+    for state in optimizer.state.values():  # nor did AdamW's moments and step counts (fused: kept at zero)
+        assert float(state["step"]) == 0 and not state["exp_avg"].any() and not state["exp_avg_sq"].any()
     assert guard.consecutive == 1 and "the loss is" in guard.last_reason
     assert step(guard, model, optimizer, good, scaler)  # a good step resets the count
     assert guard.consecutive == 0 and guard.skipped == 1
@@ -50,19 +58,86 @@ def test_nonfinite_loss_is_skipped_and_repeated_ones_stop_the_run(bad, scaler):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_nonfinite_gradient_with_finite_loss_is_skipped_without_a_scaler():
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_nonfinite_gradient_with_finite_loss_is_skipped_without_a_scaler(optimizer):
     """bf16/fp32 have no GradScaler: an overflow in the backward pass must not reach the weights."""
     model = tiny_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, **OPTIMIZERS[optimizer])
     guard = NonFiniteStepGuard(patience=5)
     before = copy.deepcopy(model.state_dict())
     hook = model.weight.register_hook(lambda grad: grad * float("inf"))  # overflow in the backward pass
     assert not step(guard, model, optimizer, torch.ones(2, 4))
-    assert "gradient norm is" in guard.last_reason
+    assert "gradient norm is" in guard.last_reason and "loss" in guard.last_reason
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())  # no NaN gradient is left behind
     hook.remove()
     assert step(guard, model, optimizer, torch.ones(2, 4)) and guard.consecutive == 0
     assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("scaler", [None, "grad_scaler"], ids=["bf16-or-fp32", "fp16-GradScaler"])
+def test_a_skipped_step_leaves_no_trace_not_even_in_batchnorm_statistics(optimizer, scaler):
+    """The forward pass of a NaN batch writes NaN into BatchNorm's running statistics. Training would go on (it
+    normalises with batch statistics), but every later prediction would be NaN: a skipped step puts them back.
+    A run with a skipped step in it is the run without it, to the bit."""
+    batches = [torch.randn(4, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    poisoned = batches[0].clone()
+    poisoned[1, 2] = float("nan")
+    runs = []
+    for sequence in ([0, 1, 2], [0, "nan", 1, "nan", 2]):
+        model = tiny_model(batchnorm=True)
+        adamw = torch.optim.AdamW(model.parameters(), lr=1e-2, **OPTIMIZERS[optimizer])
+        guard = NonFiniteStepGuard(patience=3)
+        grad_scaler = torch.amp.GradScaler("cpu") if scaler else None
+        applied = [step(guard, model, adamw, poisoned if i == "nan" else batches[i], grad_scaler)
+                   for i in sequence]
+        assert applied == [i != "nan" for i in sequence]
+        runs.append((model.state_dict(), adamw.state_dict()["state"]))
+    (weights, moments), (weights_skipped, moments_skipped) = runs
+    assert weights.keys() == weights_skipped.keys() and "1.running_mean" in weights
+    for name in weights:
+        assert torch.equal(weights[name], weights_skipped[name]), name
+    for index in moments:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(torch.as_tensor(moments[index][key]), torch.as_tensor(moments_skipped[index][key]))
+
+
+def test_with_a_fused_optimiser_the_step_reads_nothing_from_the_device(monkeypatch):
+    """DANIETrainer's step (fused AdamW, no GradScaler) queues backward, clipping, the skip decision and the update
+    without reading a value back: the host never waits for the device before the trainer reads the loss."""
+    model = tiny_model(batchnorm=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    guard = NonFiniteStepGuard(patience=3)
+    for x, expect in ((torch.ones(3, 4), True), (torch.full((3, 4), float("nan")), False)):
+        optimizer.zero_grad(set_to_none=True)
+        with monkeypatch.context() as reads:
+            for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__"):
+                reads.setattr(torch.Tensor, name, lambda *a, _name=name, **k: pytest.fail(f"read back: .{_name}"))
+            guard.keep_running_statistics(model)
+            loss = model(x).pow(2).mean()
+            guard.backward_and_step(loss, model.parameters(), optimizer)
+        assert guard.settle() is expect
+
+
+def test_a_checkpoint_of_a_non_fused_optimiser_resumes_with_the_host_decision():
+    """nnUNetv2_train --c of a run from before the trainer's AdamW was fused on a CPU: the loaded groups say
+    `fused: False`, so the guard decides on the host (found_inf would be refused by a non-fused step)."""
+    model = tiny_model()
+    old = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=True)
+    step(NonFiniteStepGuard(), model, old, torch.ones(2, 4))
+    resumed = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    assert decides_on_device(resumed, None)
+    resumed.load_state_dict(old.state_dict())
+    assert not decides_on_device(resumed, None)
+    guard = NonFiniteStepGuard()
+    assert not step(guard, model, resumed, torch.full((2, 4), float("nan")))
+    assert step(guard, model, resumed, torch.ones(2, 4))
+
+
+def test_settle_needs_a_step_before_it():
+    with pytest.raises(RuntimeError, match="backward_and_step"):
+        NonFiniteStepGuard().settle()
 
 
 @pytest.fixture
@@ -103,9 +178,13 @@ def test_trainer_skips_nan_steps_logs_them_and_stops(nnunet_folders, capsys, mon
     trainer.nonfinite_guard.patience = 2
     batch = next(batches(trainer, 1))
     batch["data"][0, 0, 5, 5] = float("nan")  # one NaN voxel makes the whole loss NaN
+    assert decides_on_device(trainer.optimizer, trainer.grad_scaler)  # fused AdamW: the GPU's path on a CPU too
     before = [p.detach().clone() for p in trainer.network.parameters()]
+    statistics = {k: v.clone() for k, v in trainer.network.state_dict().items() if "running" in k}
     assert np.isnan(trainer.train_step(batch)["loss"])
     assert all(torch.equal(b, p) for b, p in zip(before, trainer.network.parameters()))
+    assert len(statistics) > 100  # DANIE-S's BatchNorms, put back after the NaN forward pass
+    assert all(torch.equal(v, trainer.network.state_dict()[k]) for k, v in statistics.items())
     assert "training step skipped, the loss is nan (1 in a row; the run stops at 2)" in capsys.readouterr().out
     with pytest.raises(NonFiniteLossError, match="NaN or Inf voxels in the training images"):
         trainer.train_step(batch)

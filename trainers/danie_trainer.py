@@ -373,14 +373,17 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         if self.marks_cudagraph_steps:
             # a new iteration for Inductor's CUDA graph trees (DANIE_compile_mode=reduce-overhead): a step the guard
-            # skipped left its backward unrun, which would otherwise keep the next forward off the graphs
+            # skipped before its backward (fp16 with a GradScaler) would otherwise keep the next forward off the graphs
             torch.compiler.cudagraph_mark_step_begin()
+        self.nonfinite_guard.keep_running_statistics(self.network)  # a skipped step puts them back
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output = self.network(data)
             loss = self.loss(output, target)
+        self.nonfinite_guard.backward_and_step(loss, self.network.parameters(), self.optimizer, self.grad_scaler,
+                                               ddp=self.is_ddp)
+        loss_value = loss.detach().cpu().numpy()  # nnU-Net's readout: the step's one wait for the device
         try:
-            stepped = self.nonfinite_guard.backward_and_step(loss, self.network.parameters(), self.optimizer,
-                                                             self.grad_scaler, ddp=self.is_ddp)
+            stepped = self.nonfinite_guard.settle()
         except NonFiniteLossError as stop:
             self.print_to_log_file(str(stop), also_print_to_console=False)  # the console gets the traceback
             raise
@@ -388,12 +391,14 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
             self.print_to_log_file(f"DANIE: training step skipped, {self.nonfinite_guard.last_reason} "
                                    f"({self.nonfinite_guard.consecutive} in a row; the run stops at "
                                    f"{self.nonfinite_guard.patience})", also_print_to_console=True)
-        return {"loss": loss.detach().cpu().numpy()}
+        return {"loss": loss_value}
 
     def configure_optimizers(self):
-        # fused: one kernel for all parameters on CUDA (the same update as the default foreach implementation)
+        # fused (the same update as the default foreach implementation): one kernel for all parameters, and it
+        # takes the NaN guard's verdict on the device (nonfinite_guard.py), so the step never waits for the device
+        # before its loss is read. Fused on a CPU as well, so that CPU runs take the GPU's code path.
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay,
-                                      fused=self.device.type == "cuda")
+                                      fused=self.device.type in ("cuda", "cpu"))
         # exponent 0: nnU-Net's per-epoch scheduler hook with the paper's constant learning rate
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.0)
 
