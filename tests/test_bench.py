@@ -299,3 +299,34 @@ def test_channel_attention_bench_times_both_forms_of_es_at_every_level(tmp_path,
         assert float(r[4]) > 0 and float(r[5]) > 0
         assert float(r[7]) < 1e-5 and float(r[8]) < 1e-4  # fp32 rounding only
     assert out.read_text() in capsys.readouterr().out
+
+
+def _bench_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "bench",
+                                                                     f"{name}.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_adamw_bench_times_the_three_implementations_and_compares_their_weights(tmp_path, capsys):
+    # bench/adamw_step.py: DANIETrainer's AdamW step, default / foreach / fused, on real gradients
+    out = tmp_path / "adamw.md"
+    _bench_script("adamw_step").main(["--models", "S", "--size", "64", "--batch", "2", "--iters", "1",
+                                      "--device", "cpu", "--out", str(out)])
+    rows = _rows(out.read_text())
+    assert [r[3] for r in rows] == ["default", "foreach", "fused"]
+    assert rows[0][1] == "47.2 M" and all(float(r[4]) > 0 for r in rows)
+    assert float(rows[0][6]) == 0 and all(float(r[6]) < 1e-6 for r in rows)  # the same update, rounded apart
+    assert out.read_text() in capsys.readouterr().out
+
+
+def test_loader_targets_bench_counts_the_targets_a_batch_carries(tmp_path):
+    # bench/loader_targets.py: nnU-Net's transforms and collation with five full-resolution targets, then one
+    out = tmp_path / "loader.md"
+    _bench_script("loader_targets").main(["--size", "128", "--batch", "8", "--batches", "1", "--out", str(out)])
+    five, one = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+                 if line.startswith(("| five", "| one"))]
+    assert five[0] == "five (before)" and one[0] == "one (now)"
+    assert float(one[3]) == 128 * 128 * 8 * 2 / 2 ** 20 and float(five[3]) == 5 * float(one[3])  # int16 targets
+    assert float(five[1]) > 0 and float(one[1]) > 0

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from danie_nnunet import create_danie
 from danie_nnunet.config import DANIE_S
@@ -191,6 +192,34 @@ def test_trainer_skips_nan_steps_logs_them_and_stops(nnunet_folders, capsys, mon
     assert all(torch.equal(b, p) for b, p in zip(before, trainer.network.parameters()))
     assert "DANIE stopped training: 2 training steps in a row" in open(trainer.log_file).read()
     assert len(steps_begun) == 2
+
+
+@pytest.mark.e2e
+def test_the_loader_sends_one_target_and_every_head_reads_it_on_the_device(nnunet_folders, monkeypatch):
+    """y and the four heads are at full resolution: nnU-Net's loader sends the segmentation once (not five copies),
+    and the training and validation steps give the five outputs the same device tensor, with the loss and the
+    validation counts of five separate copies."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # nnU-Net's single-threaded loader, in this process
+    trainer = make_trainer(*nnunet_folders)
+    loaders = trainer.get_dataloaders()
+    train_batch, val_batch = (next(loader) for loader in loaders)
+    for batch in (train_batch, val_batch):
+        assert isinstance(batch["target"], torch.Tensor), type(batch["target"])
+        assert batch["target"].shape[0] == batch["data"].shape[0] and batch["target"].shape[1] == 1
+    heads = trainer._targets_on_device(train_batch["target"])
+    assert len(heads) == 5 and all(h is heads[0] for h in heads)
+    trainer.network.eval()  # BatchNorm statistics fixed: both forms see the same network
+    with torch.no_grad():
+        output = trainer.network(train_batch["data"])
+        shared, copies = trainer.loss(output, heads), trainer.loss(output, [t.clone() for t in heads])
+    assert torch.equal(shared, copies) and torch.isfinite(shared)
+    ours = trainer.validation_step(val_batch)
+    nnunet = nnUNetTrainer.validation_step(trainer, dict(val_batch, target=[val_batch["target"].clone()] * 5))
+    assert ours.keys() == nnunet.keys() and np.isfinite(ours["loss"])
+    for key in ours:
+        assert np.array_equal(ours[key], nnunet[key]), key
+    trainer.enable_deep_supervision = False  # a trainer without deep supervision: the one target stays one tensor
+    assert isinstance(trainer._targets_on_device(train_batch["target"]), torch.Tensor)
 
 
 @pytest.mark.e2e
