@@ -16,6 +16,7 @@ import time
 import torch
 
 from danie_nnunet.bench import resolve_device
+from danie_nnunet.markdown import print_and_save
 from danie_nnunet.network import create_danie
 
 IMPLEMENTATIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -70,10 +71,7 @@ def main(argv=None) -> None:
             error = ((weights - default_weights).norm() / default_weights.norm()).item()
             lines.append(f"| DANIE-{model} | {sum(p.numel() for p in params) / 1e6:.1f} M | {len(params)} | {name} | "
                          f"{ms:.1f} | {default_ms / ms:.2f}x | {error:.1e} |")
-    print("\n".join(lines), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    print_and_save(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 from danie_nnunet.bench import resolve_device
 from danie_nnunet.config import VARIANTS
 from danie_nnunet.context import ChannelSelfAttention, channel_attention_channels_major, position_chunks
+from danie_nnunet.markdown import save_lines
 
 
 def before_split(s: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -93,9 +94,7 @@ def main(argv=None) -> None:
             emit(f"| DANIE-{model} | {level + 1} | {c} x {side} x {side} | {position_chunks(side * side, c)} | "
                   f"{ms_before:.3f} | {ms_now:.3f} | {ms_before / ms_now:.2f}x | {_rel(out_now, out_before):.1e} | "
                   f"{_rel(grad_now, grad_before):.1e} |")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    save_lines(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from danie_nnunet.markdown import print_and_save
 from danie_nnunet.trainers.danie_trainer import NUM_HEADS
 
 
@@ -61,10 +62,7 @@ def main(argv=None) -> None:
     five_ms = rows["five (before)"][0]
     for name, (ms, mb) in rows.items():
         lines.append(f"| {name} | {ms:.1f} | {five_ms / ms:.2f}x | {mb:.2f} |")
-    print("\n".join(lines), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    print_and_save(lines, args.out)
 
 
 if __name__ == "__main__":
