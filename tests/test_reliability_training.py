@@ -104,6 +104,19 @@ def test_a_skipped_step_leaves_no_trace_not_even_in_batchnorm_statistics(optimiz
             assert torch.equal(torch.as_tensor(moments[index][key]), torch.as_tensor(moments_skipped[index][key]))
 
 
+def test_running_statistics_replaced_between_steps_are_the_ones_put_back():
+    """The guard walks the network's modules once, but reads their buffers every step: `.to(device)` or
+    `load_state_dict(assign=True)` puts new tensors in place of the old ones."""
+    model = tiny_model(batchnorm=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    guard = NonFiniteStepGuard()
+    assert step(guard, model, optimizer, torch.ones(3, 4))
+    model[1].running_mean = model[1].running_mean.clone()  # a new tensor in the same place
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not step(guard, model, optimizer, torch.full((3, 4), float("nan")))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_with_a_fused_optimiser_the_step_reads_nothing_from_the_device(monkeypatch):
     """DANIETrainer's step (fused AdamW, no GradScaler) queues backward, clipping, the skip decision and the update
     without reading a value back: the host never waits for the device before the trainer reads the loss."""

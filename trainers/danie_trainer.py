@@ -387,7 +387,7 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         if self.marks_cudagraph_steps:
             # a new iteration for Inductor's CUDA graph trees (DANIE_compile_mode=reduce-overhead): a step the guard
-            # skipped before its backward (fp16 with a GradScaler) would otherwise keep the next forward off the graphs
+            # skipped before its backward (a verdict taken on the host) would otherwise keep the next forward off them
             torch.compiler.cudagraph_mark_step_begin()
         self.nonfinite_guard.keep_running_statistics(self.network)  # a skipped step puts them back
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
@@ -419,8 +419,8 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
     def _get_deep_supervision_scales(self):
         # y and the four heads are all at full resolution, so every target would be the unscaled segmentation:
         # nnU-Net's loader would copy it five times per batch (five batch tensors through its worker queues,
-        # pinned and sent to the device one by one; the copies alone were 10 % of a worker's time per
-        # 512 x 512 batch of 12 on a CPU core). It sends it once, and _targets_on_device repeats it on the device.
+        # pinned and sent to the device one by one; 10-14 % of a worker's time per 512 x 512 batch of 12
+        # on a CPU core, bench/loader_targets.py). It sends it once, and _targets_on_device repeats it on the device.
         return None
 
     def _build_loss(self):

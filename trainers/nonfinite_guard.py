@@ -78,14 +78,19 @@ class NonFiniteStepGuard:
         self.skipped = 0  # skipped steps in total
         self.last_reason = ""
         self._verdict: Optional[_Verdict] = None
+        self._network: Optional[torch.nn.Module] = None
+        self._norms: List[torch.nn.modules.batchnorm._BatchNorm] = []
         self._buffers: List[torch.Tensor] = []
         self._saved: List[torch.Tensor] = []
 
     def keep_running_statistics(self, network: torch.nn.Module) -> None:
         """Copies the BatchNorm running statistics (and counters) of `network`; call before the step's forward
         pass. A skipped step puts them back. One fused copy on the device, no wait."""
-        buffers = [b for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                   for b in m.buffers(recurse=False)]
+        if network is not self._network:  # the module walk takes a millisecond: once per network
+            self._network = network
+            self._norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        buffers = [b for m in self._norms for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+                   if b is not None]  # each step: .to() or load_state_dict(assign=True) may have replaced them
         if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)):
             self._buffers, self._saved = buffers, [torch.empty_like(b) for b in buffers]
         if buffers:
