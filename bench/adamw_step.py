@@ -1,6 +1,6 @@
 """DANIETrainer's AdamW step alone: torch's default implementation, foreach and fused, on DANIE-S's and DANIE-L's
-parameters with the gradients of one real training backward pass (deep supervision, the trainer's loss as in
-`danie-nnunet bench`). The trainer's AdamW is fused on CUDA and, since the tenth session, on a CPU too: it was the
+parameters with the gradients of one real training backward pass (deep supervision: cross-entropy on the four
+heads). The trainer's AdamW is fused on CUDA and, since the tenth session, on a CPU too: it was the
 default (single-tensor) there. Denormals are not flushed: the step sees what a CPU training run sees. Each
 implementation starts from the same weights and moments; the rows also give how far its weights after the timed
 steps are from the default's (the same update, rounded differently). Prints a Markdown table:
@@ -16,7 +16,7 @@ import time
 import torch
 
 from danie_nnunet.bench import resolve_device
-from danie_nnunet.markdown import print_and_save
+from danie_nnunet.markdown import print_and_save, table_lines
 from danie_nnunet.network import create_danie
 
 IMPLEMENTATIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -59,9 +59,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     lines = [f"device {device}; torch {torch.__version__}; {torch.get_num_threads()} threads; gradients of one "
-             f"backward pass at {args.size} x {args.size}, batch {args.batch}; mean of {args.iters} steps after one",
-             "", "| model | parameters | tensors | AdamW | ms per step | vs default | weights vs default (rel. L2) |",
-             "|---|---|---|---|---|---|---|"]
+             f"backward pass at {args.size} x {args.size}, batch {args.batch}; mean of {args.iters} steps after one", ""]
+    rows = []
     for model in args.models.split(","):
         net = _gradients(model, args.size, args.batch, device)
         params = list(net.parameters())
@@ -69,8 +68,10 @@ def main(argv=None) -> None:
         default_ms, default_weights = results["default"]
         for name, (ms, weights) in results.items():
             error = ((weights - default_weights).norm() / default_weights.norm()).item()
-            lines.append(f"| DANIE-{model} | {sum(p.numel() for p in params) / 1e6:.1f} M | {len(params)} | {name} | "
-                         f"{ms:.1f} | {default_ms / ms:.2f}x | {error:.1e} |")
+            rows.append([f"DANIE-{model}", f"{sum(p.numel() for p in params) / 1e6:.1f} M", str(len(params)), name,
+                         f"{ms:.1f}", f"{default_ms / ms:.2f}x", f"{error:.1e}"])
+    lines += table_lines(["model", "parameters", "tensors", "AdamW", "ms per step", "vs default",
+                          "weights vs default (rel. L2)"], rows)
     print_and_save(lines, args.out)
 
 

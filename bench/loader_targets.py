@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from danie_nnunet.markdown import print_and_save
+from danie_nnunet.markdown import print_and_save, table_lines
 from danie_nnunet.trainers.danie_trainer import NUM_HEADS
 
 
@@ -47,8 +47,7 @@ def main(argv=None) -> None:
     segmentation = torch.randint(0, 9, (1, args.size, args.size), generator=g).to(torch.int16)
     patch = (args.size, args.size)
     lines = [f"torch {torch.__version__}; one thread; {args.size} x {args.size}, batch {args.batch}; mean of "
-             f"{args.batches} batches after one", "",
-             "| targets per batch | ms per batch | vs five | target MB per batch |", "|---|---|---|---|"]
+             f"{args.batches} batches after one", ""]
     rows = {}
     for name, scales in (("five (before)", [[1.0, 1.0]] * (NUM_HEADS + 1)), ("one (now)", None)):
         transforms = nnUNetTrainer.get_training_transforms(patch, (-np.pi, np.pi), scales, (0, 1), False)
@@ -60,8 +59,8 @@ def main(argv=None) -> None:
         rows[name] = ((time.perf_counter() - start) / args.batches * 1e3,
                       sum(t.numel() * t.element_size() for t in targets) / 2 ** 20)
     five_ms = rows["five (before)"][0]
-    for name, (ms, mb) in rows.items():
-        lines.append(f"| {name} | {ms:.1f} | {five_ms / ms:.2f}x | {mb:.2f} |")
+    lines += table_lines(["targets per batch", "ms per batch", "vs five", "target MB per batch"],
+                         [[name, f"{ms:.1f}", f"{five_ms / ms:.2f}x", f"{mb:.2f}"] for name, (ms, mb) in rows.items()])
     print_and_save(lines, args.out)
 
 
