@@ -59,7 +59,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     lines = [f"device {device}; torch {torch.__version__}; {torch.get_num_threads()} threads; gradients of one "
-             f"backward pass at {args.size} x {args.size}, batch {args.batch}; mean of {args.iters} steps after one", ""]
+             f"backward pass at {args.size} x {args.size}, batch {args.batch}; mean of {args.iters} steps after one",
+             ""]
     rows = []
     for model in args.models.split(","):
         net = _gradients(model, args.size, args.batch, device)
