@@ -15,7 +15,9 @@ fi
 cd "$ROOT"
 export nnUNet_def_n_proc=1 nnUNet_compile=f PYTHONUNBUFFERED=1
 set +e
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=15 tests "$@"
+# a worker per core (pytest-xdist); tests/conftest.py keeps a module, and all users of the one trained model, together
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=15 -n "${DANIE_TEST_WORKERS:-auto}" --maxprocesses=4 \
+  --dist loadfile tests "$@"
 rc=$?
 [ $rc -eq 5 ] && { echo "no tests were collected"; exit 1; }
 exit $rc

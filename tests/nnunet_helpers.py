@@ -2,6 +2,8 @@
 import os
 import subprocess
 
+import torch
+
 from danie_nnunet.demo import console_script, nnunet_env
 from danie_nnunet.synthetic import write_dataset
 
@@ -10,8 +12,10 @@ TEST_EXT = os.path.join(os.path.dirname(__file__), "nnunet_ext")
 
 
 def nnunet(args, env, expect_ok=True, timeout=900, **extra_env):
-    """Run an nnU-Net (or danie-nnunet) console script; on failure show the tail of its output."""
-    proc = subprocess.run([console_script(args[0])] + [str(a) for a in args[1:]], env={**env, **extra_env},
+    """Run an nnU-Net (or danie-nnunet) console script; on failure show the tail of its output. A DANIE test trainer
+    in it computes on as many threads as this process (nnunet_ext/danie_test_trainers.py)."""
+    threads = {"DANIE_TEST_TORCH_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run([console_script(args[0])] + [str(a) for a in args[1:]], env={**env, **threads, **extra_env},
                           capture_output=True, text=True, timeout=timeout)
     if expect_ok and proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\\n{proc.stdout[-3000:]}\\n"

@@ -1,14 +1,10 @@
-"""plans/: DANIE configurations added to nnU-Net plans by inheritance, then used by the stock commands."""
+"""plans/: DANIE configurations added to nnU-Net plans by inheritance (used by the stock commands: test_plans_e2e)."""
 import json
-import os
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from danie_nnunet.plans.danie_plans import (MARKER, PlanRequest, PlansError, add_danie_configurations,
                                             danie_configuration)
-from nnunet_helpers import DATASET, nnunet
 
 SYNAPSE_LIKE_JSON = {"channel_names": {"0": "CT"}, "labels": {f"c{i}": i for i in range(9)}, "numTraining": 18}
 
@@ -97,26 +93,3 @@ def test_refuses_foreign_configurations_and_is_idempotent(tmp_path, monkeypatch)
     with pytest.raises(PlansError, match="did not write"):
         add_danie_configurations("Dataset500_Plans", [PlanRequest("paper256")])
     assert json.loads((folder / "nnUNetPlans.json").read_text()) == plans
-
-
-@pytest.mark.e2e
-def test_each_protocol_preprocesses_trains_and_predicts_with_the_stock_commands(trained):
-    env, paths, root = trained["env"], trained["paths"], trained["root"]
-    out = nnunet(["danie-nnunet", "plan", DATASET, "--protocol", "native", "paper224", "paper256"], env).stdout
-    assert "added 2d_danie_native" in out and "added 2d_danie_p224" in out and "added 2d_danie_p256" in out
-    configurations = ["2d_danie_native", "2d_danie_p224", "2d_danie_p256"]
-    nnunet(["nnUNetv2_preprocess", "-d", DATASET, "-c", *configurations, "-np", "1", "1", "1"], env)
-    for configuration in configurations:
-        nnunet(["nnUNetv2_train", DATASET, configuration, "0", "-tr", "DANIETrainerTestOneIteration",
-                "-device", "cpu"], env, nnUNet_n_proc_DA="0")
-        pred = str(root / f"pred_{configuration}")
-        nnunet(["nnUNetv2_predict", "-i", paths["imagesTs"], "-o", pred, "-d", DATASET, "-c", configuration,
-                "-tr", "DANIETrainerTestOneIteration", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
-        for case in sorted(os.listdir(paths["imagesTs"])):
-            image = sitk.ReadImage(os.path.join(paths["imagesTs"], case))
-            seg = sitk.ReadImage(os.path.join(pred, case.replace("_0000", "")))
-            assert seg.GetSize() == image.GetSize() and seg.GetSpacing() == image.GetSpacing()
-            assert seg.GetOrigin() == image.GetOrigin() and seg.GetDirection() == image.GetDirection()
-            assert np.isin(sitk.GetArrayFromImage(seg), range(6)).all()
-    preprocessed = os.path.join(trained["preprocessed"], "nnUNetPlans_2d_danie_p224")
-    assert os.path.isdir(preprocessed) and os.listdir(preprocessed)

@@ -51,7 +51,7 @@ def test_download_to_paper_table(tmp_path):
 
     predictions = str(tmp_path / "predictions")
     nnunet(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", DATASET, "-c", "2d",
-            "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"], env)
+            "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "0", "-nps", "0", "--disable_tta"], env)
     for mode in ("paper", "nnunet"):
         assert danie_nnunet(["evaluate", os.path.join(raw, "labelsTs"), predictions, "-o", str(tmp_path / mode),
                              "--mode", mode, "--name", "DANIE-S (ours, test trainer)"]) == 0

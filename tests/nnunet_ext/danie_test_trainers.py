@@ -1,7 +1,15 @@
 """Tiny DANIE trainers for the end-to-end tests; found by nnU-Net through nnUNet_extTrainer like the real ones."""
 import os
 
+import torch
+
 from danie_nnunet.trainers import DANIETrainer_S
+
+# nnU-Net's CPU commands compute on every core; found here (after that), a test's command computes on as many threads
+# as the test (tests/nnunet_helpers.nnunet passes them: one per pytest-xdist worker). Two threads beside the other
+# worker's made a one-iteration training about 15 % slower than one thread (2 cores, measured).
+if os.environ.get("DANIE_TEST_TORCH_THREADS"):
+    torch.set_num_threads(int(os.environ["DANIE_TEST_TORCH_THREADS"]))
 
 
 class DANIETrainerTest(DANIETrainer_S):
