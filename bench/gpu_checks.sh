@@ -30,8 +30,9 @@
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
 # overhead (at most 9.5 min, one call): ES alone before and since its split (seconds), then the compiled DANIE-S's
-#   training step replayed as CUDA graphs (reduce-overhead), then with Inductor's combo kernels, checked and timed;
-#   SETTINGS=... MODELS=... STEP_LIMIT=... change the rows
+#   training step replayed as CUDA graphs (reduce-overhead), then with autocast's weight casts done as one bf16 copy
+#   (wcopy: DANIE_cast_weights_once), checked and timed; SETTINGS=... (also combo-kernels, and combinations such as
+#   reduce-overhead+wcopy) MODELS=... STEP_LIMIT=... change the rows
 #   run(command="bash bench/gpu_checks.sh overhead", carry=[".whl"], timeout_s=590)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
@@ -101,9 +102,14 @@ elif [ "$mode" = overhead ]; then
   if [ -n "${SMALL:-}" ]; then es_size="--size 64 --batch 2 --iters 1"; else es_size=""; fi
   step channel_attention 60 $PY "$here/channel_attention.py" --device $device $es_size \
        --out "$OUT/channel_attention.md"
-  for setting in ${SETTINGS:-reduce-overhead combo-kernels}; do
+  # wcopy: the default compile of the cl+wcopy variant (danie_nnunet/weight_cast.py: some 700 fewer launches per
+  # step; on a CPU 2 855 generated kernels against 3 645 for DANIE-S), alone or after + with an Inductor setting
+  for setting in ${SETTINGS:-reduce-overhead wcopy}; do
+    backend=${setting%+wcopy}; variant=cl
+    [ "$backend" != "$setting" ] || [ "$setting" = wcopy ] && variant=cl+wcopy
+    [ "$backend" = wcopy ] && backend=inductor
     step "overhead_$setting" "${STEP_LIMIT:-280}" $bench --configs $big --models "${MODELS:-S}" --modes compile \
-         --variants cl --compile-backend "$setting" --train-only --out "$OUT/bench_overhead_$setting.md"
+         --variants $variant --compile-backend "$backend" --train-only --out "$OUT/bench_overhead_$setting.md"
   done
 elif [ "$mode" = bench ]; then
   step bench_eager 250 $bench --configs $big --models U-Net,S,L --modes eager --variants plain,cl,cl+rc \

@@ -29,6 +29,7 @@ import torch
 from .compiled import COMPILE_SETTINGS, backward_outside_autocast, cuda_graph_skips, replays_cuda_graphs
 from .dispatch_count import LIBRARY_KINDS, count_dispatch, count_training_step
 from .markdown import table_lines
+from .weight_cast import LowPrecisionWeights
 
 # dense bf16 tensor-core peaks (TFLOP/s) by device name, for the "share of peak" column
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
@@ -42,6 +43,9 @@ VARIANTS = {  # DANIE fast formulations, each the same function as "plain" (chec
     # as few recomputed segments as fit the row's batch into 12 GiB by memory.py's estimate (DANIE_memory_gib=12)
     "cl+fit12": dict(channels_last=True, recompute=12.0),
     "cl+fn": dict(channels_last=True, recompute=False, fast_norm=True),  # MaxViT's LayerNorms in bf16
+    # autocast's weight casts as one copy per step (weight_cast.py, DANIE_cast_weights_once); needs autocast (CUDA):
+    # elsewhere the row runs as cl and says so
+    "cl+wcopy": dict(channels_last=True, recompute=False, weight_copies=True),
 }
 # A fast DANIE passes its check when its relative L2 error against the plain network in fp32 is at most
 # CHECK_FACTOR x that of the plain network in bf16 (the noise floor of the precision itself) + CHECK_FLOOR.
@@ -183,13 +187,16 @@ class TrainStep:
             self.opt = torch.optim.SGD(net.parameters(), lr=1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp and amp_dtype == torch.float16 else None
         self.trace_context = nullcontext  # the torch.compile settings a compiled model is first traced under
+        self.weights = None  # LowPrecisionWeights: autocast's weight casts as one copy (variant cl+wcopy)
 
     def forward_backward(self, x: torch.Tensor) -> list:
         self.opt.zero_grad(set_to_none=True)
         with self.trace_context(), torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
-            out = self.model(x)
+            out = self.model(x) if self.weights is None else self.weights(self.model, x)
             loss = self.loss_fn(out, self.targets)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.weights is not None:
+            self.weights.gradients_to_parameters()
         return out
 
     def __call__(self, x: torch.Tensor) -> None:
@@ -268,6 +275,8 @@ def danie_training_step(model: str, variant: str, compiled: bool, patch: int, ba
     step = TrainStep(net, model_fn, "danie", loss_fn, [target] * len(scales), device, amp_dtype)
     if compiled:  # as DANIETrainer compiles it: the backward outside autocast (danie_nnunet/compiled.py)
         step.trace_context = backward_outside_autocast
+    if VARIANTS[variant].get("weight_copies") and step.amp:  # as DANIETrainer records them, from the step's input
+        step.weights = LowPrecisionWeights.record(net, lambda: net(x), device.type, step.amp_dtype)
     return step, x
 
 
@@ -341,6 +350,8 @@ def bench_row(model: str, variant: str, patch: int, batch: int, in_chans: int, n
     mode = f"{_mode_label(compiled, compile_backend)}, {precision.split('.')[-1]}"
     if model != "U-Net" and variant != "plain":
         mode += f", {variant}"
+        if VARIANTS[variant].get("weight_copies"):
+            mode += f" ({len(step.weights)} copied)" if step.weights is not None else " (no autocast here: as cl)"
     if compiled:
         mode += _cuda_graphs_note(compile_backend, skips_before)
     return BenchRow(label, mode, patch, batch, 1e3 * train_s, batch / train_s, 3 * fwd_flops / train_s / 1e12,

@@ -288,3 +288,25 @@ def test_many_input_channels_go_through_the_input_adapter(in_chans):
     assert y.shape == (2, 3, 64, 64) and net.input_adapter[0].weight.grad.shape == (3, in_chans, 1, 1)
     with pytest.raises(ValueError, match=r"expects a \(B, 4, H, W\) tensor|expects a \(B, 2, H, W\) tensor"):
         net(torch.randn(1, 1, 64, 64))  # a file with fewer channels than the model: a clear error
+
+
+@pytest.mark.e2e
+def test_weight_copies_train_as_autocast_does_to_the_bit(nnunet_folders, monkeypatch):
+    """DANIE_cast_weights_once in nnU-Net's trainer, a CPU's bf16 autocast standing in for a card's: the same losses
+    and weights as with autocast's own casts, over two steps and a skipped NaN step, and the same checkpoint keys."""
+    monkeypatch.setattr(DANIETrainer_S, "_autocast_dtype", lambda self: torch.bfloat16)
+    runs = {}
+    for env in ("f", "t"):
+        monkeypatch.setenv("DANIE_cast_weights_once", env)
+        trainer = make_trainer(*nnunet_folders)
+        data = list(batches(trainer, 3))
+        data[2]["data"][0, 0, 5, 5] = float("nan")
+        losses = [float(trainer.train_step(b)["loss"]) for b in data]
+        runs[env] = losses, trainer.network.state_dict(), trainer
+    (plain_losses, plain_state, _), (losses, state, trainer) = runs["f"], runs["t"]
+    assert np.array_equal(plain_losses, losses, equal_nan=True) and np.isnan(losses[2])
+    assert list(plain_state) == list(state)
+    assert all(torch.equal(plain_state[k], state[k]) for k in state)
+    assert trainer.nonfinite_guard.skipped == 1 and len(trainer.weight_copies) > 300
+    assert "copied to bfloat16 once per step" in open(trainer.log_file).read()
+    assert runs["f"][2].weight_copies is None

@@ -285,3 +285,25 @@ def test_the_final_validation_runs_the_uncompiled_network(monkeypatch, fails):
     else:
         trainer.perform_actual_validation()
     assert seen == [network] and trainer.network is compiled  # the trained (compiled) network is back
+
+
+@pytest.mark.parametrize("env, device, dtype, scaler, ddp, records, line", [
+    (None, "cuda", torch.bfloat16, False, False, False, None),  # off unless asked (not yet timed on a GPU)
+    ("f", "cuda", torch.bfloat16, False, False, False, None),
+    ("t", "cuda", torch.bfloat16, False, False, True, "autocast's weight casts done as one bf16 copy per step"),
+    ("t", "cpu", None, False, False, False, "ignored: nnU-Net's training step runs without autocast on a cpu"),
+    ("t", "cuda", torch.float16, True, False, False, "ignored: this run autocasts to float16 with a GradScaler"),
+    ("t", "cuda", torch.bfloat16, False, True, False, "ignored: under DDP the copies' gradients would never be")])
+def test_weight_copies_apply_where_asked_with_bf16_autocast_and_without_ddp(monkeypatch, env, device, dtype,
+                                                                            scaler, ddp, records, line):
+    _set_env(monkeypatch, "DANIE_cast_weights_once", env)
+    monkeypatch.setattr(DANIETrainer, "_autocast_dtype", lambda self: dtype)  # a card's, on any machine
+    trainer = _bare(DANIETrainer)
+    trainer.device, trainer.is_ddp = torch.device(device), ddp
+    trainer.grad_scaler = object() if scaler else None
+    trainer._configure_weight_copies()
+    assert trainer.records_weight_copies is records and trainer.weight_copies is None
+    assert len(trainer.logged) == (line is not None) and all(line in logged for logged in trainer.logged)
+    monkeypatch.setenv("DANIE_cast_weights_once", "once")
+    with pytest.raises(DANIEConfigurationError, match="'once' is neither on"):
+        trainer._configure_weight_copies()

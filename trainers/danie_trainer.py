@@ -20,7 +20,8 @@ Changes against nnUNetTrainer, nothing else:
   per single-tile signature (on an H100 2.85x the eager single-tile throughput of DANIE-L, output identical;
   DANIE_cuda_graphs=f turns it off), and runs each mirrored tile with its three flips as one batch
   (DANIE_mirror_batching=f turns it off); activation recomputation when the planned batch would not fit the card, of as
-  few segments as the estimate needs (or as DANIE_memory_gib asks).
+  few segments as the estimate needs (or as DANIE_memory_gib asks); DANIE_cast_weights_once=t (experimental) does
+  autocast's casts of the convolution and linear weights as one bf16 copy per training step (weight_cast.py).
 Reliability (docs/reliability.md): dataset.json and patch size are checked before nnU-Net sets up; checkpoints
 are written atomically (atomic_checkpoint.py); a step with a NaN/Inf loss or gradient is skipped and repeated
 ones stop the run (nonfinite_guard.py).
@@ -51,6 +52,7 @@ from danie_nnunet.memory import GIB, HEADROOM, budget_note, plan_recompute
 from danie_nnunet.network import DANIE, plans_architecture
 from danie_nnunet.patch_size import round_up_patch_size
 from danie_nnunet.pretrained import ENV_VAR, load_imagenet_weights
+from danie_nnunet.weight_cast import LowPrecisionWeights
 
 from .atomic_checkpoint import remove_partial_writes, write_atomically
 from .epoch_timing import EpochTiming
@@ -70,6 +72,10 @@ MEMORY_ENV = "DANIE_memory_gib"
 # replays the compiled training step as CUDA graphs, combo-kernels launches independent generated kernels together
 # (danie_nnunet/compiled.py; experimental: not yet timed in a trainer, docs/performance.md)
 COMPILE_MODE_ENV = "DANIE_compile_mode"
+# Autocast's casts of the convolution and linear weights, each where it is used, done instead as one bf16 copy of
+# them per training step (danie_nnunet/weight_cast.py: the same function, some 700 fewer launches of a compiled step;
+# experimental: not yet timed on a GPU). bf16 autocast (CUDA) only, not under DDP
+CAST_WEIGHTS_ONCE_ENV = "DANIE_cast_weights_once"
 
 
 class DANIEConfigurationError(RuntimeError):
@@ -184,6 +190,9 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
     recompute = False
     cuda_graphs = True  # DANIE_cuda_graphs overrides it
     mirror_batching = True  # DANIE_mirror_batching overrides it
+    cast_weights_once = False  # DANIE_cast_weights_once overrides it
+    weight_copies: Optional[LowPrecisionWeights] = None  # recorded at the first training step where it applies
+    records_weight_copies = False
     marks_cudagraph_steps = False  # set where DANIE_compile_mode compiles with Inductor's CUDA graph trees
     cuda_graph_skips_seen = 0  # Inductor's count of graphs run without the CUDA graphs asked for, as last logged
 
@@ -237,6 +246,7 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
             self._recompute_if_batch_does_not_fit()
             self._configure_compile()
         self._apply_compile_mode()
+        self._configure_weight_copies()
         report = load_imagenet_weights(unwrap_network(self.network))
         if report is None:
             self.print_to_log_file(f"DANIE: no ImageNet weights ({ENV_VAR} is not set): the MaxViT stream starts "
@@ -303,6 +313,44 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
         self.print_to_log_file(f"DANIE: torch.compile in Inductor's {mode} setting ({COMPILE_MODE_ENV}; "
                                f"experimental, not yet timed in a trainer: docs/performance.md)",
                                also_print_to_console=True)
+
+    def _autocast_dtype(self) -> Optional[torch.dtype]:
+        """The dtype of nnU-Net's training-step autocast (on CUDA: bf16 where the card has it, else fp16), or None:
+        no autocast (CPU, MPS)."""
+        return torch.get_autocast_dtype("cuda") if self.device.type == "cuda" else None
+
+    def _autocast(self):
+        dtype = self._autocast_dtype()
+        return autocast(self.device.type, dtype=dtype) if dtype is not None else dummy_context()
+
+    def _configure_weight_copies(self) -> None:
+        """DANIE_cast_weights_once: say whether it applies; the copies are recorded at the first training step."""
+        self.weight_copies, self.records_weight_copies = None, False
+        if not env_flag(CAST_WEIGHTS_ONCE_ENV, self.cast_weights_once):
+            return
+        dtype = self._autocast_dtype()
+        if dtype is None:
+            why = f"nnU-Net's training step runs without autocast on a {self.device.type} device"
+        elif dtype != torch.bfloat16 or self.grad_scaler is not None:
+            why = f"this run autocasts to {str(dtype).split('.')[-1]} with a GradScaler, not to bf16"
+        elif self.is_ddp:
+            why = "under DDP the copies' gradients would never be all-reduced"
+        else:
+            self.records_weight_copies = True
+            self.print_to_log_file(f"DANIE: {CAST_WEIGHTS_ONCE_ENV}: autocast's weight casts done as one bf16 copy "
+                                   f"per step (danie_nnunet/weight_cast.py; experimental), recorded at the first "
+                                   f"training step", also_print_to_console=True)
+            return
+        self.print_to_log_file(f"DANIE: {CAST_WEIGHTS_ONCE_ENV} ignored: {why}", also_print_to_console=True)
+
+    def _record_weight_copies(self, data: torch.Tensor) -> None:
+        """Which parameters autocast casts in a forward pass of this batch (eager, no gradients, the BatchNorm
+        statistics left as they were), and their copies."""
+        module = unwrap_network(self.network)
+        self.weight_copies = LowPrecisionWeights.record(module, lambda: module(data), self.device.type,
+                                                        self._autocast_dtype())
+        self.records_weight_copies = False
+        self.print_to_log_file(f"DANIE: {self.weight_copies.summary()}", also_print_to_console=True)
 
     def _recompute_if_batch_does_not_fit(self) -> None:
         """Recompute in the backward pass as few segments as the batch needs to fit the card, or DANIE_memory_gib
@@ -389,12 +437,16 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
             # a new iteration for Inductor's CUDA graph trees (DANIE_compile_mode=reduce-overhead): a step the guard
             # skipped before its backward (a verdict taken on the host) would otherwise keep the next forward off them
             torch.compiler.cudagraph_mark_step_begin()
+        if self.records_weight_copies:
+            self._record_weight_copies(data)
+        copies = self.weight_copies
         self.nonfinite_guard.keep_running_statistics(self.network)  # a skipped step puts them back
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output = self.network(data)
+        with self._autocast():
+            output = self.network(data) if copies is None else copies(self.network, data)
             loss = self.loss(output, target)
+        widen = None if copies is None else copies.gradients_to_parameters  # the copies' gradients to fp32
         self.nonfinite_guard.backward_and_step(loss, self.network.parameters(), self.optimizer, self.grad_scaler,
-                                               ddp=self.is_ddp)
+                                               ddp=self.is_ddp, after_backward=widen)
         loss_value = loss.detach().cpu().numpy()  # nnU-Net's readout: the step's one wait for the device
         try:
             stepped = self.nonfinite_guard.settle()

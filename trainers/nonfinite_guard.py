@@ -22,7 +22,7 @@ optimiser) the loss is checked on the host before the backward pass, as before.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -98,11 +98,14 @@ class NonFiniteStepGuard:
 
     def backward_and_step(self, loss: torch.Tensor, parameters: Iterable[torch.nn.Parameter],
                           optimizer: torch.optim.Optimizer, grad_scaler: Optional[torch.amp.GradScaler] = None,
-                          ddp: bool = False) -> None:
-        """nnU-Net's backward + clip + step; `settle()` then says whether the step was applied."""
+                          ddp: bool = False, after_backward: Optional[Callable[[], None]] = None) -> None:
+        """nnU-Net's backward + clip + step; `settle()` then says whether the step was applied. `after_backward`
+        runs right after the backward pass, before clipping (e.g. gradients of low-precision weight copies
+        widened into the parameters': danie_nnunet/weight_cast.py)."""
         parameters = list(parameters)
+        after_backward = after_backward or (lambda: None)
         if decides_on_device(optimizer, grad_scaler):
-            self._verdict = self._step_deciding_on_device(loss, parameters, optimizer, ddp)
+            self._verdict = self._step_deciding_on_device(loss, parameters, optimizer, ddp, after_backward)
             return
         if not _finite_on_every_rank(loss, ddp):
             # no backward: nothing reaches the weights, the optimiser state or the GradScaler's loss scale
@@ -110,12 +113,14 @@ class NonFiniteStepGuard:
             return
         if grad_scaler is not None:
             grad_scaler.scale(loss).backward()
+            after_backward()
             grad_scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
             grad_scaler.step(optimizer)  # skips steps with Inf gradients itself (routine fp16 loss scaling)
             grad_scaler.update()
         else:
             loss.backward()
+            after_backward()
             # gradients are all-reduced by DDP before this point, so every rank sees the same norm
             norm = torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
             if not torch.isfinite(norm):
@@ -126,8 +131,10 @@ class NonFiniteStepGuard:
         self._verdict = _Verdict(True)
 
     def _step_deciding_on_device(self, loss: torch.Tensor, parameters: List[torch.nn.Parameter],
-                                 optimizer: torch.optim.Optimizer, ddp: bool) -> _Verdict:
+                                 optimizer: torch.optim.Optimizer, ddp: bool,
+                                 after_backward: Callable[[], None]) -> _Verdict:
         loss.backward()  # a NaN loss gives NaN gradients, which the skipped step never applies
+        after_backward()
         norm = torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
         bad = torch.logical_not(torch.isfinite(loss.detach()).all() & torch.isfinite(norm)).to(torch.float32)
         if ddp:  # DDP ranks must agree; an all-reduce is queued on the device like the rest

@@ -1,0 +1,89 @@
+"""What autocast's weight casts cost a DANIE training step, and what one copy per step (DANIE_cast_weights_once,
+danie_nnunet/weight_cast.py) leaves: operators of an eager step and, with --compile, the kernels Inductor generates
+for a compiled one, with and without the copies, on the CPU under its bf16 autocast (which casts the convolution and
+linear weights as CUDA's does). Counts, not timings: a CPU cannot say what a launch costs a GPU. With --compile
+several minutes per row on this project's CPU. Prints a Markdown table:
+
+    python bench/weight_copies.py [--models S,L] [--patch 64] [--batch 2] [--compile]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch._inductor.metrics as inductor_metrics
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from danie_nnunet.bench import danie_training_step
+from danie_nnunet.markdown import table_lines
+from danie_nnunet.weight_cast import LowPrecisionWeights
+
+
+class _Launches(TorchDispatchMode):
+    """Operators that launch work (not views, not allocations), and among them the dtype casts (`_to_copy`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.operators = self.casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not func.is_view and not name.startswith("empty"):
+            self.operators += 1
+            self.casts += name == "_to_copy"
+        return func(*args, **(kwargs or {}))
+
+
+def count_step(model: str, patch: int, batch: int, copies: bool, compiled: bool) -> dict:
+    """One training step (forward, the trainer's loss, backward, and the copies' refresh and widening where used):
+    the operators and casts of the second eager step, or the kernels Inductor generates compiling the first."""
+    cpu = torch.device("cpu")
+    torch._dynamo.reset()
+    step, x = danie_training_step(model, "cl", compiled, patch, batch, 1, 9, cpu, torch.bfloat16,
+                                  dtype=torch.float32)
+    step.amp, step.device_type = True, "cpu"  # the CPU's bf16 autocast standing in for a card's
+    if copies:
+        step.weights = LowPrecisionWeights.record(step.net, lambda: step.net(x), "cpu", torch.bfloat16)
+    result = {"copied": len(step.weights) if copies else 0}
+    if compiled:
+        inductor_metrics.reset()
+        with torch._inductor.config.patch(force_disable_caches=True):  # a cached graph generates nothing
+            step.forward_backward(x)
+        result["count"] = inductor_metrics.generated_kernel_count
+    else:
+        step.forward_backward(x)  # the copies are made at the first call
+        with _Launches() as launches:
+            step.forward_backward(x)
+        result["count"], result["casts"] = launches.operators, launches.casts
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="S,L")
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="count Inductor's generated kernels of a compiled "
+                        "step instead of an eager step's operators")
+    args = parser.parse_args()
+    what = "generated kernels (compiled)" if args.compile else "operators (eager)"
+    rows = []
+    for model in args.models.split(","):
+        counts = {}
+        for copies in (False, True):
+            start = time.time()
+            counts[copies] = count_step(model, args.patch, args.batch, copies, args.compile)
+            counts[copies]["seconds"] = time.time() - start
+        cells = [f"{counts[c]['count']}" + (f" ({counts[c]['casts']} casts)" if "casts" in counts[c] else "")
+                 for c in (False, True)]
+        rows.append([f"DANIE-{model}", str(counts[True]["copied"]), *cells,
+                     str(counts[False]["count"] - counts[True]["count"]),
+                     f"{counts[False]['seconds']:.0f} / {counts[True]['seconds']:.0f}"])
+    print(f"torch {torch.__version__}, CPU, bf16 autocast; {args.batch}x1x{args.patch}x{args.patch}, 9 classes, "
+          f"channels-last; one training step (views and allocations not counted)\n")
+    print("\n".join(table_lines(["model", "weights copied", f"{what}: autocast's casts", "one copy per step",
+                                 "fewer", "seconds"], rows)))
+
+if __name__ == "__main__":
+    main()
