@@ -12,9 +12,9 @@ import argparse
 import time
 
 import torch
-import torch._inductor.metrics as inductor_metrics
 
 from danie_nnunet.bench import danie_training_step, unet_training_step
+from danie_nnunet.compiled import generated_kernels
 from danie_nnunet.markdown import table_lines
 
 
@@ -28,9 +28,7 @@ def kernels_per_step(model: str, patch: int, batch: int, in_chans: int, num_clas
         step, x = danie_training_step(model, "cl", True, patch, batch, in_chans, num_classes, cpu, None)
         step.net.float()
         x = x.float()
-    inductor_metrics.reset()
-    step.forward_backward(x)
-    return inductor_metrics.generated_kernel_count
+    return generated_kernels(lambda: step.forward_backward(x))
 
 
 def main() -> None:

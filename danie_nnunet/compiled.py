@@ -11,6 +11,7 @@ gradients NaN on CPU (bench/repro_inductor_nan.py). "off" traces the backward as
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Callable
 
 import torch
 
@@ -64,3 +65,13 @@ def trace_backward_outside_autocast() -> bool:
 def backward_outside_autocast():
     """The same for what is compiled (first called) inside this context only, e.g. DANIE next to a U-Net."""
     return torch._functorch.config.patch(**{OPTION: "off"}) if can_trace_backward_outside_autocast() else nullcontext()
+
+
+def generated_kernels(fn: Callable[[], object]) -> int:
+    """How many kernels Inductor generates while `fn()` runs (compiling whatever it first calls), with Inductor's
+    caches off, so that a graph compiled before (in this process or another) is generated again and counted."""
+    import torch._inductor.metrics as inductor_metrics
+    inductor_metrics.reset()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        fn()
+    return inductor_metrics.generated_kernel_count

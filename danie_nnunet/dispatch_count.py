@@ -33,8 +33,10 @@ def library_kind(op_name: str):
 
 
 class DispatchCount(TorchDispatchMode):
-    """Counts the operators dispatched while active: 'operators' (views excluded, they launch nothing) and one
-    entry per library kind. The mode also sees the backward's operators, which autograd runs with its state."""
+    """Counts the operators dispatched while active: 'operators' (views excluded, they launch nothing), one entry
+    per library kind, and among the operators 'casts' (`_to_copy`: dtype casts such as autocast's) and
+    'allocations' (`empty*`, which launch nothing either). The mode also sees the backward's operators, which
+    autograd runs with its state."""
 
     def __init__(self):
         super().__init__()
@@ -44,9 +46,14 @@ class DispatchCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not func.is_view and not self.paused:
             self.counts["operators"] += 1
-            kind = library_kind(func.overloadpacket.__name__)
+            name = func.overloadpacket.__name__
+            kind = library_kind(name)
             if kind:
                 self.counts[kind] += 1
+            if name == "_to_copy":
+                self.counts["casts"] += 1
+            elif name.startswith("empty"):
+                self.counts["allocations"] += 1
         return func(*args, **(kwargs or {}))
 
     def fused_call(self, fn: Callable[[], object]):

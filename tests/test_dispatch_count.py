@@ -66,6 +66,19 @@ def test_a_training_step_counts_each_library_call_forward_and_backward():
     assert all(p.grad is None for p in net.parameters())  # counting leaves no gradients behind
 
 
+def test_casts_and_allocations_are_counted_among_the_operators():
+    linear, x = nn.Linear(4, 4), torch.randn(2, 4)
+
+    def step():
+        torch.empty(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            linear(x)  # autocast casts the input, the weight and the bias, then one matrix product
+
+    counts = count_dispatch(step)
+    assert counts["casts"] == 3 and counts["allocations"] == 1 and counts["matmul"] == 1
+    assert counts["operators"] == 5
+
+
 def test_launch_table_counts_every_convolution_and_attention_of_a_danie_step(capsys):
     from danie_nnunet.cli import main
     step, x = bench.danie_training_step("S", "plain", False, 64, 2, 1, 9, torch.device("meta"), None)
