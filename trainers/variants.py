@@ -51,15 +51,11 @@ class DANIETrainer_S_250epochs(DANIETrainer_S):
     epochs = 250
 
 
-class DANIETrainer_S_4epochs_25it(DANIETrainer_S):
-    """The CPU demo: 4 epochs of 25 iterations (5 validation iterations), a few minutes on 2 cores. Seeded (initial
-    weights, patch sampling, augmentation), so that with the augmentation in the training process
-    (nnUNet_n_proc_DA=0, as the demo runs it on a CPU) every run trains the same network: unseeded, about one demo
-    in fifteen learned only two of the five organs in its 100 iterations."""
+class SeededTraining:
+    """Mixin for a trainer that seeds Python's, NumPy's and torch's generators before nnU-Net sets up (initial
+    weights, patch sampling, augmentation): with the augmentation in the training process (nnUNet_n_proc_DA=0) every
+    run, and every resumed run from the same checkpoint, trains the same network on a given machine."""
 
-    epochs = 4
-    iterations_per_epoch = 25
-    val_iterations_per_epoch = 5
     seed = 0
 
     def initialize(self):
@@ -67,3 +63,13 @@ class DANIETrainer_S_4epochs_25it(DANIETrainer_S):
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
         super().initialize()
+
+
+class DANIETrainer_S_4epochs_25it(SeededTraining, DANIETrainer_S):
+    """The CPU demo: 4 epochs of 25 iterations (5 validation iterations), a few minutes on 2 cores. Seeded, since
+    the demo runs nnU-Net's augmentation in the training process on a CPU: unseeded, about one demo in fifteen
+    learned only two of the five organs in its 100 iterations."""
+
+    epochs = 4
+    iterations_per_epoch = 25
+    val_iterations_per_epoch = 5

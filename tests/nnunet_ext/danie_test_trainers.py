@@ -4,6 +4,7 @@ import os
 import torch
 
 from danie_nnunet.trainers import DANIETrainer_S
+from danie_nnunet.trainers.variants import SeededTraining
 
 # nnU-Net's CPU commands compute on every core; found here (after that), a test's command computes on as many threads
 # as the test (tests/nnunet_helpers.nnunet passes them: one per pytest-xdist worker). Two threads beside the other
@@ -12,8 +13,10 @@ if os.environ.get("DANIE_TEST_TORCH_THREADS"):
     torch.set_num_threads(int(os.environ["DANIE_TEST_TORCH_THREADS"]))
 
 
-class DANIETrainerTest(DANIETrainer_S):
-    """DANIE-S, 2 epochs of 2 iterations, a checkpoint every epoch; no test-time mirroring (4x faster)."""
+class DANIETrainerTest(SeededTraining, DANIETrainer_S):
+    """DANIE-S, 2 epochs of 2 iterations, a checkpoint every epoch; no test-time mirroring (4x faster). Seeded: the
+    tests that read its trained model (tests/conftest.py's `trained`) meet the same model every run, not a draw of
+    four iterations that now and then gave Grad-CAM no positive evidence anywhere (tests/test_cam.py)."""
 
     epochs = 2
     iterations_per_epoch = 2
