@@ -25,14 +25,16 @@
 # defaults (about 9.5 min, one call): compiled DANIE-S and U-Net (checked and timed), then eager DANIE-S and DANIE-L
 #   run(command="bash bench/gpu_checks.sh defaults", carry=[".whl"], timeout_s=590)
 # profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps,
-#   device and host time by family, library calls by input shape; MODELS=L (about 5 min) profiles one of them
+#   device and host time by family, library calls by input shape; MODELS=L (about 5 min) profiles one of them; its
+#   "Inductor-generated (Triton)" kernel count checks bench/gpu_launches.py's CPU proxy (DANIE-S 2 681, L 2 664)
 #   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
 # overhead (at most 9.5 min, one call): ES alone before and since its split (seconds), then the compiled DANIE-S's
 #   training step replayed as CUDA graphs (reduce-overhead), then with autocast's weight casts done as one bf16 copy
-#   (wcopy: DANIE_cast_weights_once), checked and timed; SETTINGS=... (also combo-kernels, and combinations such as
-#   reduce-overhead+wcopy) MODELS=... STEP_LIMIT=... change the rows
+#   (wcopy: DANIE_cast_weights_once), then both, checked and timed, as many of the three as fit its 575 s budget
+#   (a row is skipped, not cut, when less than 150 s is left); SETTINGS=... (also combo-kernels, and combinations
+#   such as combo-kernels+wcopy) MODELS=... STEP_LIMIT=... BUDGET=... MIN_STEP=... change the rows
 #   run(command="bash bench/gpu_checks.sh overhead", carry=[".whl"], timeout_s=590)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
@@ -50,8 +52,25 @@ export PYTHONUNBUFFERED=1
 PY=${PY:-python3 -P}  # -P: the installed package, not the source folder (which lacks danie_nnunet.trainers)
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c \
   "import torch, timm, nnunetv2; print('torch', torch.__version__, 'timm', timm.__version__)") > "$OUT/device.txt" 2>&1
+# BUDGET: seconds this call may take in all, counted from the script's start (the installation included): each step
+# gets at most what is left, and a step that would get less than MIN_STEP (60 s) is logged as skipped instead of
+# being cut, so that the device tool's own timeout never ends the call with a step half done. Unset: no budget.
+if [ "$mode" = overhead ] && [ -z "${SMALL:-}" ]; then  # three compiled rows of about 3-4 min each: those that fit
+  budget=${BUDGET:-575}; min_step=${MIN_STEP:-150}
+else
+  budget=${BUDGET:-}; min_step=${MIN_STEP:-60}
+fi
 # one log for all steps (at most 8 files come back from $OUT), warnings kept: they name torch.compile's graph breaks
-step() { local name=$1 limit=$2; shift 2; echo "== $name (limit ${limit}s, at $(date +%T))" | tee -a "$OUT/log.txt"
+step() { local name=$1 limit=$2 left; shift 2
+         if [ -n "$budget" ]; then
+           left=$((budget - SECONDS))
+           if [ "$left" -lt "$min_step" ]; then
+             echo "== $name skipped: ${left}s of the ${budget}s budget left (MIN_STEP=${min_step})" | tee -a "$OUT/log.txt"
+             return 0
+           fi
+           [ "$left" -lt "$limit" ] && limit=$left
+         fi
+         echo "== $name (limit ${limit}s, at $(date +%T))" | tee -a "$OUT/log.txt"
          timeout "$limit" "$@" 2>&1 | tee -a "$OUT/log.txt" | grep --line-buffered -v "Warning\|warnings.warn"; }
 
 if [ -n "${SMALL:-}" ]; then
@@ -104,7 +123,7 @@ elif [ "$mode" = overhead ]; then
        --out "$OUT/channel_attention.md"
   # wcopy: the default compile of the cl+wcopy variant (danie_nnunet/weight_cast.py: some 700 fewer launches per
   # step; on a CPU 2 855 generated kernels against 3 645 for DANIE-S), alone or after + with an Inductor setting
-  for setting in ${SETTINGS:-reduce-overhead wcopy}; do
+  for setting in ${SETTINGS:-reduce-overhead wcopy reduce-overhead+wcopy}; do
     backend=${setting%+wcopy}; variant=cl
     [ "$backend" != "$setting" ] || [ "$setting" = wcopy ] && variant=cl+wcopy
     [ "$backend" = wcopy ] && backend=inductor

@@ -594,6 +594,17 @@ LAUNCH_HEADER = ["model", "operators: forward", "loss", "backward", "step", "con
                  "attention", "library calls", "library calls vs U-Net"]
 
 
+def eager_step_counts(model: str, variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
+                      device: torch.device) -> dict:
+    """What one eager training step of `model` (DANIE's S, L..., or "U-Net") dispatches, by part (forward, the
+    trainer's loss, backward; dispatch_count.count_training_step); on the meta device instantly."""
+    if model == "U-Net":
+        step, x = unet_training_step(patch, batch, in_chans, num_classes, device)
+    else:
+        step, x = danie_training_step(model, variant, False, patch, batch, in_chans, num_classes, device, None)
+    return count_training_step(step.net, step.loss_fn, x, step.targets)
+
+
 def launch_table(models: Sequence[str], variant: str, patch: int, batch: int, in_chans: int, num_classes: int,
                  device: torch.device) -> str:
     """What one eager training step (forward, the trainer's loss, backward; no optimiser, no autocast) of each
@@ -601,18 +612,13 @@ def launch_table(models: Sequence[str], variant: str, patch: int, batch: int, in
     products, attention; forward and backward), which a compiled step still launches one by one."""
     rows, library_calls = [], {}
     for model in models:
-        if model == "U-Net":
-            step, x = unet_training_step(patch, batch, in_chans, num_classes, device)
-            label = "nnU-Net 2D PlainConvUNet"
-        else:
-            step, x = danie_training_step(model, variant, False, patch, batch, in_chans, num_classes, device, None)
-            label = f"DANIE-{model}" + (f", {variant}" if variant != "plain" else "")
-        parts = count_training_step(step.net, step.loss_fn, x, step.targets)
+        label = "nnU-Net 2D PlainConvUNet" if model == "U-Net" else \
+            f"DANIE-{model}" + (f", {variant}" if variant != "plain" else "")
+        parts = eager_step_counts(model, variant, patch, batch, in_chans, num_classes, device)
         total = sum(parts.values(), start=Counter())
         library_calls[model] = sum(total[k] for k in LIBRARY_KINDS)
         rows.append([label] + [str(parts[p]["operators"]) for p in ("forward", "loss", "backward")]
                     + [str(total["operators"])] + [str(total[k]) for k in LIBRARY_KINDS] + [str(library_calls[model])])
-        del step
     reference = library_calls.get("U-Net")  # the ratio column, wherever --models puts the U-Net
     for model, row in zip(models, rows):
         row.append(f"{library_calls[model] / reference:.1f}x" if reference else "n/a")

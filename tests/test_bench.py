@@ -2,6 +2,7 @@
 catches a fast path that computes another function."""
 import importlib.util
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -331,3 +332,57 @@ def test_loader_targets_bench_counts_the_targets_a_batch_carries(tmp_path):
     assert five[0] == "five (before)" and one[0] == "one (now)"
     assert float(one[3]) == 128 * 128 * 8 * 2 / 2 ** 20 and float(five[3]) == 5 * float(one[3])  # int16 targets
     assert float(five[1]) > 0 and float(one[1]) > 0
+
+
+class _TinyAttentionNet(torch.nn.Module):
+    """A convolution, a BatchNorm and a biased attention: what DANIE's compiled step is made of, in seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(8)
+        self.qkv = torch.nn.Linear(8, 24)
+        self.bias = torch.nn.Parameter(torch.zeros(2, 16, 16))
+
+    def forward(self, x):
+        x = torch.nn.functional.gelu(self.norm(self.conv(x)))
+        q, k, v = self.qkv(x.flatten(2).transpose(1, 2)).view(x.shape[0], 16, 2, 12).transpose(1, 2).chunk(3, -1)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.bias).sum()
+
+
+def test_gpu_launches_counts_the_triton_kernels_of_a_compiled_step_on_the_cpu():
+    # bench/gpu_launches.py: Inductor's Triton (GPU) code generated on the CPU, each launch counted and not run
+    from danie_nnunet.weight_cast import LowPrecisionWeights
+    script = _bench_script("gpu_launches")
+    import torch._inductor.runtime.hints as hints
+    sdpa, interpret = torch.nn.functional.scaled_dot_product_attention, os.environ.get("TRITON_INTERPRET")
+    create = hints.DeviceProperties.__dict__["create"]
+    torch.manual_seed(0)
+    net, x = _TinyAttentionNet(), torch.randn(2, 1, 4, 4)
+    compiled = torch.compile(net)
+    counts = {}
+    torch._dynamo.utils.counters.clear()
+    for copies in (False, True):
+        weights = LowPrecisionWeights.record(net, lambda: net(x), "cpu") if copies else None
+        with script.gpu_code_on_cpu() as launches:
+            for _ in range(2):  # the first compiles; the second is counted
+                launches.clear()
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = compiled(x) if weights is None else weights(compiled, x)
+                loss.backward()
+                if weights is not None:
+                    weights.gradients_to_parameters()
+        counts[copies] = Counter(launches)
+        assert net.conv.weight.grad is not None
+        net.zero_grad(set_to_none=True)
+    assert not torch._dynamo.utils.counters["graph_break"]  # its attention stand-in traces into the one graph
+    assert sum(counts[False].values()) > sum(counts[True].values()) > 0  # the weight casts' kernels are gone
+    families = {script.kernel_family(name) for c in counts.values() for name, _ in c}
+    assert not any("softmax" in f for f in families)  # attention stays one opaque call, as CUDA's kernel
+    assert any("_to_copy" in f for f in families) and any("batch_norm" in f for f in families)
+    assert script.kernel_family("triton_poi_fused__to_copy_3") == "poi_fused__to_copy"
+    # everything it patched is back
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa
+    assert os.environ.get("TRITON_INTERPRET") == interpret
+    assert hints.DeviceProperties.__dict__["create"] is create
+    assert torch._inductor.config.cpu_backend == "cpp"

@@ -1,0 +1,210 @@
+"""How many kernels a compiled training step launches on a GPU, counted on a CPU: Inductor's Triton code generation
+(the GPU's fusion and reduction-splitting decisions, with an H100's 132 multiprocessors) run on the CPU, each
+generated kernel counted when the compiled step calls it, and not run.
+
+The compiled DANIE step on an H100 is bound by the host launching its work (docs/performance.md): the number of
+launches per step is its floor. Inductor's CPU code (C++) fuses and splits differently from its GPU code (one C++
+function holds many loops, `bench/inductor_kernels.py`), so its count is not a GPU's. Here the CPU gets the GPU's
+code generator instead: Inductor's `cpu_backend="triton"`, Triton's interpreter to load each kernel without a
+GPU compiler, the device properties of an H100 for the heuristics that read them, and a launcher that counts
+calls instead of running them. The library calls (convolutions, matrix products) run for real on the CPU, on
+whatever the uncomputed kernels left in their inputs; attention is an opaque custom operator, one call each way as
+CUDA's efficient attention (the CPU's SDPA would be decomposed into Inductor's own kernels). A step is counted
+after a first one that compiles it, so what is counted is what every later step launches. Library calls are
+counted apart, on an eager step (`danie_nnunet.dispatch_count`: the same calls compiled or not); the optimiser's
+few multi-tensor launches (about 20) are in neither.
+
+It depends on Inductor internals of the pinned torch (tests/test_bench.py runs it on a small network) and is a
+proxy until a GPU profile gives the count of the same step (`bench/gpu_checks.sh profile_compiled` prints how many
+kernels ran). Minutes per row on this project's CPU (Inductor's generation, and the library calls at full size):
+
+    python bench/gpu_launches.py [--models S,L,U-Net] [--patch 512] [--batch 12] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import re
+import time
+from collections import Counter
+from contextlib import contextmanager
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+H100_PROPERTIES = dict(multi_processor_count=132, cc=90, major=9, regs_per_multiprocessor=65536,
+                       max_threads_per_multi_processor=2048, max_threads_per_block=1024, warp_size=32)
+
+
+def _attention_operator():
+    """The opaque attention operator and its backward, defined once per process: one call each way, counted, not
+    computed (the kernels around it are not computed either)."""
+    if hasattr(torch.ops.danie_bench, "attention"):
+        return torch.ops.danie_bench.attention
+
+    def empty_like_inputs(*tensors):
+        return [t.new_empty(t.shape) for t in tensors if t is not None]
+
+    @torch.library.custom_op("danie_bench::attention", mutates_args=())
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return q.new_empty(q.shape)
+
+    @torch.library.custom_op("danie_bench::attention_backward", mutates_args=())
+    def attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: Optional[torch.Tensor]) -> List[torch.Tensor]:
+        return empty_like_inputs(q, k, v, mask)
+
+    attention.register_fake(lambda q, k, v, mask: q.new_empty(q.shape))
+    attention_backward.register_fake(lambda grad, q, k, v, mask: empty_like_inputs(q, k, v, mask))
+
+    def save(ctx, inputs, output):
+        ctx.has_mask = inputs[3] is not None
+        ctx.save_for_backward(*(t for t in inputs if t is not None))
+
+    def backward(ctx, grad):
+        q, k, v, *mask = ctx.saved_tensors
+        grads = attention_backward(grad, q, k, v, mask[0] if ctx.has_mask else None)
+        return grads[0], grads[1], grads[2], grads[3] if ctx.has_mask else None
+
+    attention.register_autograd(backward, setup_context=save)
+    return torch.ops.danie_bench.attention
+
+
+def _sdpa_as_one_call(attention):
+    """scaled_dot_product_attention as one call of `attention` each way; the operator is defined before any tracing
+    (defined inside the traced code, its first call broke the graph)."""
+
+    def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        if dropout_p or is_causal:
+            raise NotImplementedError("gpu_launches counts attention without dropout or a causal mask (DANIE's)")
+        if attn_mask is not None:  # the efficient kernel takes a broadcast bias; its gradient is reduced outside it
+            attn_mask = attn_mask.expand(*q.shape[:-1], k.shape[-2])
+        return attention(q, k, v, attn_mask)
+
+    return sdpa
+
+
+@contextmanager
+def gpu_code_on_cpu(properties: dict = H100_PROPERTIES):
+    """While active, Inductor compiles for the CPU with its Triton (GPU) code generator and the given device
+    properties, and the generated kernels are counted, not run: yields a Counter of launches by kernel, keyed by
+    (kernel name, id of its launcher)."""
+    import torch._inductor.config as inductor_config
+    import torch._inductor.runtime.hints as hints
+    import torch._inductor.runtime.triton_heuristics as heuristics
+    import torch.utils._triton as torch_triton
+
+    launches = Counter()
+    real_create = hints.DeviceProperties.__dict__["create"]
+
+    @functools.cache
+    def create(device):
+        if device.type != "cpu":
+            return real_create.__func__(hints.DeviceProperties, device)
+        return hints.DeviceProperties(type="cpu", index=None, **properties)
+
+    def count(self, *args, **kwargs):  # keyed by kernel: the graphs of a step number their kernels alike
+        launches[(getattr(self.fn, "__name__", "triton_kernel"), id(self))] += 1
+
+    saved = (os.environ.get("TRITON_INTERPRET"), torch_triton.triton_hash_with_backend,
+             heuristics.CachingAutotuner.run, F.scaled_dot_product_attention)
+    torch._dynamo.reset()
+    os.environ["TRITON_INTERPRET"] = "1"  # loads each kernel's source without a GPU compiler
+    torch_triton.triton_hash_with_backend = lambda: "danie-bench-gpu-launches"  # asks the (absent) GPU driver
+    hints.DeviceProperties.create = staticmethod(create)
+    heuristics.CachingAutotuner.run = count
+    F.scaled_dot_product_attention = _sdpa_as_one_call(_attention_operator())
+    try:
+        with inductor_config.patch(cpu_backend="triton", force_disable_caches=True):
+            yield launches
+    finally:
+        interpret, torch_triton.triton_hash_with_backend, heuristics.CachingAutotuner.run, \
+            F.scaled_dot_product_attention = saved
+        if interpret is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = interpret
+        hints.DeviceProperties.create = real_create
+        torch._dynamo.reset()
+
+
+def kernel_family(name: str) -> str:
+    """A generated kernel's name without its number: triton_poi_fused__to_copy_3 -> poi_fused__to_copy."""
+    return re.sub(r"_\d+$", "", name.removeprefix("triton_"))
+
+
+def count_compiled_step(model: str, patch: int, batch: int, copies: bool) -> dict:
+    """Triton launches of one compiled training step (forward, the trainer's loss, backward) of DANIE-`model`
+    (channels-last, bf16 autocast; `copies`: DANIE_cast_weights_once) or of nnU-Net's U-Net (its fp16 autocast as
+    bf16), after a first step that compiled it; and the library calls of an eager step."""
+    from danie_nnunet.bench import danie_training_step, eager_step_counts, unet_training_step
+    from danie_nnunet.dispatch_count import LIBRARY_KINDS
+    from danie_nnunet.weight_cast import LowPrecisionWeights
+
+    cpu = torch.device("cpu")
+    torch.set_flush_denormal(True)  # the uncomputed kernels leave anything in the library calls' inputs
+    try:
+        with gpu_code_on_cpu() as launches:
+            if model == "U-Net":
+                step, x = unet_training_step(patch, batch, 1, 9, cpu, compiled=True)
+                # bf16 standing in for its fp16 (the same casts and kernels; a CPU's fp16 convolutions are slow)
+                step.amp_dtype = torch.bfloat16
+            else:
+                step, x = danie_training_step(model, "cl", True, patch, batch, 1, 9, cpu, torch.bfloat16,
+                                              dtype=torch.float32)
+            step.amp = True  # the CPU's autocast standing in for the card's
+            if copies:
+                step.weights = LowPrecisionWeights.record(step.net, lambda: step.net(x), "cpu", step.amp_dtype)
+            started = time.perf_counter()
+            step.forward_backward(x)
+            compile_s = time.perf_counter() - started
+            launches.clear()
+            step.forward_backward(x)
+            counted = Counter(launches)
+    finally:
+        torch.set_flush_denormal(False)
+    parts = eager_step_counts(model, "cl", patch, batch, 1, 9, torch.device("meta"))
+    families = Counter()
+    for (name, _), n in counted.items():
+        families[kernel_family(name)] += n
+    return {"launches": sum(counted.values()), "kernels": len(counted), "compile_s": compile_s, "families": families,
+            "library": sum(part[k] for part in parts.values() for k in LIBRARY_KINDS)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    from danie_nnunet.markdown import table_lines
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="S,L,U-Net")
+    parser.add_argument("--patch", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--families", type=int, default=12, help="kernel families listed per row (most launched)")
+    parser.add_argument("--out", default=None, help="also write the report to this file")
+    args = parser.parse_args(argv)
+    rows, details = [], []
+    for model in args.models.split(","):
+        for copies in ((False, True) if model != "U-Net" else (False,)):
+            c = count_compiled_step(model, args.patch, args.batch, copies)
+            label = "nnU-Net 2D U-Net (fp16 as bf16)" if model == "U-Net" else \
+                f"DANIE-{model}, bf16" + (", weight copies" if copies else "")
+            rows.append([label, str(c["launches"]), str(c["kernels"]), str(c["library"]),
+                         str(c["launches"] + c["library"]), f"{c['compile_s']:.0f}"])
+            details.append(f"{label}: " + ", ".join(f"{n} {f}" for f, n in c["families"].most_common(args.families)))
+    report = "\n".join([
+        f"torch {torch.__version__}; Inductor's Triton code for an H100 ({H100_PROPERTIES['multi_processor_count']} "
+        f"SMs), generated and counted on the CPU; one compiled training step (forward, loss, backward; no "
+        f"optimiser) at {args.batch}x1x{args.patch}x{args.patch}, 9 classes, DANIE channels-last", "",
+        *table_lines(["model", "Triton launches", "distinct kernels", "library calls (eager count)",
+                      "launches in all", "compile s"], rows),
+        "", "Most launched kernel families:", "", *(f"- {d}" for d in details)])
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
