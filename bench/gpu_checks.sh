@@ -121,8 +121,8 @@ elif [ "$mode" = overhead ]; then
   if [ -n "${SMALL:-}" ]; then es_size="--size 64 --batch 2 --iters 1"; else es_size=""; fi
   step channel_attention 60 $PY "$here/channel_attention.py" --device $device $es_size \
        --out "$OUT/channel_attention.md"
-  # wcopy: the default compile of the cl+wcopy variant (danie_nnunet/weight_cast.py: some 700 fewer launches per
-  # step; on a CPU 2 855 generated kernels against 3 645 for DANIE-S), alone or after + with an Inductor setting
+  # wcopy: the default compile of the cl+wcopy variant (danie_nnunet/weight_cast.py: DANIE-S launches 2 067 Triton
+  # kernels per step against 2 681, by bench/gpu_launches.py's CPU proxy), alone or after + with an Inductor setting
   for setting in ${SETTINGS:-reduce-overhead wcopy reduce-overhead+wcopy}; do
     backend=${setting%+wcopy}; variant=cl
     [ "$backend" != "$setting" ] || [ "$setting" = wcopy ] && variant=cl+wcopy

@@ -141,7 +141,6 @@ def count_compiled_step(model: str, patch: int, batch: int, copies: bool) -> dic
     bf16), after a first step that compiled it; and the library calls of an eager step."""
     from danie_nnunet.bench import danie_training_step, eager_step_counts, unet_training_step
     from danie_nnunet.dispatch_count import LIBRARY_KINDS
-    from danie_nnunet.weight_cast import LowPrecisionWeights
 
     cpu = torch.device("cpu")
     torch.set_flush_denormal(True)  # the uncomputed kernels leave anything in the library calls' inputs
@@ -149,14 +148,12 @@ def count_compiled_step(model: str, patch: int, batch: int, copies: bool) -> dic
         with gpu_code_on_cpu() as launches:
             if model == "U-Net":
                 step, x = unet_training_step(patch, batch, 1, 9, cpu, compiled=True)
-                # bf16 standing in for its fp16 (the same casts and kernels; a CPU's fp16 convolutions are slow)
-                step.amp_dtype = torch.bfloat16
-            else:
-                step, x = danie_training_step(model, "cl", True, patch, batch, 1, 9, cpu, torch.bfloat16,
-                                              dtype=torch.float32)
-            step.amp = True  # the CPU's autocast standing in for the card's
-            if copies:
-                step.weights = LowPrecisionWeights.record(step.net, lambda: step.net(x), "cpu", step.amp_dtype)
+                # the CPU's bf16 autocast standing in for its fp16 (the same casts and kernels; a CPU's fp16
+                # convolutions are slow)
+                step.amp, step.amp_dtype = True, torch.bfloat16
+            else:  # the CPU's bf16 autocast standing in for the card's
+                step, x = danie_training_step(model, "cl+wcopy" if copies else "cl", True, patch, batch, 1, 9, cpu,
+                                              torch.bfloat16, dtype=torch.float32, autocast_off_cuda=True)
             started = time.perf_counter()
             step.forward_backward(x)
             compile_s = time.perf_counter() - started

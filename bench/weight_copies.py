@@ -17,7 +17,6 @@ from danie_nnunet.bench import danie_training_step
 from danie_nnunet.compiled import generated_kernels
 from danie_nnunet.dispatch_count import count_dispatch
 from danie_nnunet.markdown import table_lines
-from danie_nnunet.weight_cast import LowPrecisionWeights
 
 
 def count_step(model: str, patch: int, batch: int, copies: bool, compiled: bool) -> dict:
@@ -25,11 +24,9 @@ def count_step(model: str, patch: int, batch: int, copies: bool, compiled: bool)
     the operators and casts of the second eager step, or the kernels Inductor generates compiling the first."""
     cpu = torch.device("cpu")
     torch._dynamo.reset()
-    step, x = danie_training_step(model, "cl", compiled, patch, batch, 1, 9, cpu, torch.bfloat16,
-                                  dtype=torch.float32)
-    step.amp, step.device_type = True, "cpu"  # the CPU's bf16 autocast standing in for a card's
-    if copies:
-        step.weights = LowPrecisionWeights.record(step.net, lambda: step.net(x), "cpu", torch.bfloat16)
+    # the CPU's bf16 autocast standing in for a card's
+    step, x = danie_training_step(model, "cl+wcopy" if copies else "cl", compiled, patch, batch, 1, 9, cpu,
+                                  torch.bfloat16, dtype=torch.float32, autocast_off_cuda=True)
     result = {"copied": len(step.weights) if copies else 0}
     if compiled:
         result["count"] = generated_kernels(lambda: step.forward_backward(x))

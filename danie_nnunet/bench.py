@@ -175,10 +175,11 @@ class TrainStep:
     at 12, optimiser step (DANIE: AdamW 1e-4/1e-4, fused; U-Net: SGD 0.99 nesterov as nnU-Net)."""
 
     def __init__(self, net: torch.nn.Module, model: torch.nn.Module, kind: str, loss_fn, targets, device,
-                 amp_dtype: Optional[torch.dtype]):
+                 amp_dtype: Optional[torch.dtype], autocast_off_cuda: bool = False):
         self.net, self.model, self.loss_fn, self.targets = net, model, loss_fn, targets
         self.device_type = device.type
-        self.amp = device.type == "cuda" and amp_dtype is not None  # None: fp32
+        # None: fp32; off CUDA no autocast, unless asked (a CPU's autocast standing in for a card's, in counts)
+        self.amp = (device.type == "cuda" or autocast_off_cuda) and amp_dtype is not None
         self.amp_dtype = amp_dtype or torch.float32
         fused = {"fused": True} if device.type in ("cuda", "cpu") else {}  # as DANIETrainer
         if kind == "danie":
@@ -260,9 +261,11 @@ class CheckResult:
 
 def danie_training_step(model: str, variant: str, compiled: bool, patch: int, batch: int, in_chans: int,
                         num_classes: int, device: torch.device, amp_dtype: torch.dtype,
-                        compile_backend: str = "inductor", dtype: Optional[torch.dtype] = None):
+                        compile_backend: str = "inductor", dtype: Optional[torch.dtype] = None,
+                        autocast_off_cuda: bool = False):
     """A DANIE in a bench variant (matmul heads, compiled or not) with DANIETrainer's step, an input and targets;
-    in fp32 (CUDA) or CPU_DTYPE (elsewhere) unless `dtype` is given."""
+    in fp32 (CUDA) or CPU_DTYPE (elsewhere) unless `dtype` is given; `autocast_off_cuda`: the step autocasts to
+    `amp_dtype` on any device (and a weight-copies variant records its copies there)."""
     torch.manual_seed(0)
     dtype = dtype or (torch.float32 if device.type == "cuda" else CPU_DTYPE)
     net = build_danie(model, patch, in_chans, num_classes, variant, batch=batch, compiled=compiled)
@@ -272,7 +275,7 @@ def danie_training_step(model: str, variant: str, compiled: bool, patch: int, ba
     target = torch.randint(0, num_classes, (batch, 1, patch, patch), device=device).float()
     loss_fn, scales = _losses("danie", 5, compiled)
     model_fn = _compile(net, compile_backend) if compiled else net
-    step = TrainStep(net, model_fn, "danie", loss_fn, [target] * len(scales), device, amp_dtype)
+    step = TrainStep(net, model_fn, "danie", loss_fn, [target] * len(scales), device, amp_dtype, autocast_off_cuda)
     if compiled:  # as DANIETrainer compiles it: the backward outside autocast (danie_nnunet/compiled.py)
         step.trace_context = backward_outside_autocast
     if VARIANTS[variant].get("weight_copies") and step.amp:  # as DANIETrainer records them, from the step's input
