@@ -14,6 +14,12 @@ after a first one that compiles it, so what is counted is what every later step 
 counted apart, on an eager step (`danie_nnunet.dispatch_count`: the same calls compiled or not); the optimiser's
 few multi-tensor launches (about 20) are in neither.
 
+Each generated kernel also carries what Inductor estimates it reads and writes (its benchmark metadata, the bytes
+its own bandwidth profiler divides by a kernel's time), so the table says how many GB the step's Triton kernels
+move and how long that takes at the H100's bandwidth: the least device time the generated kernels can take, next
+to the profile's measured time of the same kernels (`profile_compiled` prints them by family,
+`danie_nnunet.bench.generated_family_table`).
+
 It depends on Inductor internals of the pinned torch (tests/test_bench.py runs it on a small network) and is a
 proxy until a GPU profile gives the count of the same step (`bench/gpu_checks.sh profile_compiled` prints how many
 kernels ran). Minutes per row on this project's CPU (Inductor's generation, and the library calls at full size):
@@ -25,15 +31,19 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import re
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import List, Optional, Sequence
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
+H100_BANDWIDTH_TB_S = 3.35  # HBM3 of the H100 SXM: what the generated kernels' bytes take at best
+# A launch moving under 4 MB (1.2 us at that bandwidth) takes what any kernel takes to start and drain the card,
+# a few microseconds, not what its bytes take
+SMALL_KERNEL_GB = 0.004
 H100_PROPERTIES = dict(multi_processor_count=132, cc=90, major=9, regs_per_multiprocessor=65536,
                        max_threads_per_multi_processor=2048, max_threads_per_block=1024, warp_size=32)
 
@@ -86,17 +96,49 @@ def _sdpa_as_one_call(attention):
     return sdpa
 
 
+class Launches(Counter):
+    """Launches by kernel, keyed by (kernel name, id of its launcher); `gigabytes[kernel]`: what Inductor estimates
+    one launch of it reads and writes (its `estimate_kernel_num_bytes`, the figure its own bandwidth profiler
+    divides by a kernel's time)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gigabytes = {}
+
+
+def _judged_as_gpu_nodes(stack: ExitStack) -> None:
+    """Inductor's IR and scheduler judge a node on the CPU by the CPU's rules whichever code generator they feed:
+    they realise (store to memory) any reused result of tanh, exp or sigmoid and otherwise store larger
+    expressions than on a GPU (the CPU's realise thresholds), and they skip the GPU's loop reordering, tiling
+    analysis, loop merging and mix-order reductions. Left to them, the fused GELU of DANIE's MBConv blocks was
+    stored in fp32 between its backward kernels (1.6 GB per step at DANIE-S's first stage), which a GPU recomputes.
+    These patches make the nodes judged as a GPU's; what still follows the CPU is the scheduler's loop
+    normalisation (it asks `is_gpu(device.type)`, which also picks the device's streams) and combo kernels."""
+    import torch._inductor.ir as ir
+    import torch._inductor.scheduler as scheduler
+
+    def on_a_device(node) -> bool:
+        return node.get_device() is not None
+
+    stack.enter_context(mock.patch.object(ir, "is_cpu", lambda node: False))
+    stack.enter_context(mock.patch.object(scheduler.BaseSchedulerNode, "is_cpu", lambda node: False))
+    stack.enter_context(mock.patch.object(scheduler.BaseSchedulerNode, "is_gpu", on_a_device))
+    stack.enter_context(mock.patch.object(scheduler, "_is_gpu_triton_backend",
+                                          lambda a, b: on_a_device(a) and on_a_device(b)))
+
+
 @contextmanager
-def gpu_code_on_cpu(properties: dict = H100_PROPERTIES):
+def gpu_code_on_cpu(properties: dict = H100_PROPERTIES, gpu_heuristics: bool = True):
     """While active, Inductor compiles for the CPU with its Triton (GPU) code generator and the given device
-    properties, and the generated kernels are counted, not run: yields a Counter of launches by kernel, keyed by
-    (kernel name, id of its launcher)."""
+    properties, and the generated kernels are counted, not run: yields the `Launches`. `gpu_heuristics`: the IR
+    and scheduler judge nodes as a GPU's (`_judged_as_gpu_nodes`; off, by the CPU's rules, as before
+    2026-12-07's second session)."""
     import torch._inductor.config as inductor_config
     import torch._inductor.runtime.hints as hints
     import torch._inductor.runtime.triton_heuristics as heuristics
     import torch.utils._triton as torch_triton
 
-    launches = Counter()
+    launches = Launches()
     real_create = hints.DeviceProperties.__dict__["create"]
 
     @functools.cache
@@ -106,7 +148,9 @@ def gpu_code_on_cpu(properties: dict = H100_PROPERTIES):
         return hints.DeviceProperties(type="cpu", index=None, **properties)
 
     def count(self, *args, **kwargs):  # keyed by kernel: the graphs of a step number their kernels alike
-        launches[(getattr(self.fn, "__name__", "triton_kernel"), id(self))] += 1
+        kernel = (getattr(self.fn, "__name__", "triton_kernel"), id(self))
+        launches[kernel] += 1
+        launches.gigabytes.setdefault(kernel, self.inductor_meta.get("kernel_num_gb") or 0.0)
 
     saved = (os.environ.get("TRITON_INTERPRET"), torch_triton.triton_hash_with_backend,
              heuristics.CachingAutotuner.run, F.scaled_dot_product_attention)
@@ -117,7 +161,11 @@ def gpu_code_on_cpu(properties: dict = H100_PROPERTIES):
     heuristics.CachingAutotuner.run = count
     F.scaled_dot_product_attention = _sdpa_as_one_call(_attention_operator())
     try:
-        with inductor_config.patch(cpu_backend="triton", force_disable_caches=True):
+        with ExitStack() as stack:
+            stack.enter_context(inductor_config.patch(cpu_backend="triton", force_disable_caches=True,
+                                                      benchmark_kernel=True))  # (each kernel's bytes in its metadata)
+            if gpu_heuristics:
+                _judged_as_gpu_nodes(stack)
             yield launches
     finally:
         interpret, torch_triton.triton_hash_with_backend, heuristics.CachingAutotuner.run, \
@@ -130,22 +178,17 @@ def gpu_code_on_cpu(properties: dict = H100_PROPERTIES):
         torch._dynamo.reset()
 
 
-def kernel_family(name: str) -> str:
-    """A generated kernel's name without its number: triton_poi_fused__to_copy_3 -> poi_fused__to_copy."""
-    return re.sub(r"_\d+$", "", name.removeprefix("triton_"))
-
-
-def count_compiled_step(model: str, patch: int, batch: int, copies: bool) -> dict:
+def count_compiled_step(model: str, patch: int, batch: int, copies: bool, gpu_heuristics: bool = True) -> dict:
     """Triton launches of one compiled training step (forward, the trainer's loss, backward) of DANIE-`model`
     (channels-last, bf16 autocast; `copies`: DANIE_cast_weights_once) or of nnU-Net's U-Net (its fp16 autocast as
     bf16), after a first step that compiled it; and the library calls of an eager step."""
-    from danie_nnunet.bench import danie_training_step, eager_step_counts, unet_training_step
+    from danie_nnunet.bench import danie_training_step, eager_step_counts, kernel_family, unet_training_step
     from danie_nnunet.dispatch_count import LIBRARY_KINDS
 
     cpu = torch.device("cpu")
     torch.set_flush_denormal(True)  # the uncomputed kernels leave anything in the library calls' inputs
     try:
-        with gpu_code_on_cpu() as launches:
+        with gpu_code_on_cpu(gpu_heuristics=gpu_heuristics) as launches:
             if model == "U-Net":
                 step, x = unet_training_step(patch, batch, 1, 9, cpu, compiled=True)
                 # the CPU's bf16 autocast standing in for its fp16 (the same casts and kernels; a CPU's fp16
@@ -163,11 +206,15 @@ def count_compiled_step(model: str, patch: int, batch: int, copies: bool) -> dic
     finally:
         torch.set_flush_denormal(False)
     parts = eager_step_counts(model, "cl", patch, batch, 1, 9, torch.device("meta"))
-    families = Counter()
-    for (name, _), n in counted.items():
-        families[kernel_family(name)] += n
+    families, family_gb, kernel_gb = Counter(), Counter(), Counter()
+    for kernel, n in counted.items():
+        families[kernel_family(kernel[0])] += n
+        family_gb[kernel_family(kernel[0])] += n * launches.gigabytes[kernel]
+        kernel_gb[kernel[0]] += n * launches.gigabytes[kernel]
+    small = sum(n for kernel, n in counted.items() if launches.gigabytes[kernel] < SMALL_KERNEL_GB)
     return {"launches": sum(counted.values()), "kernels": len(counted), "compile_s": compile_s, "families": families,
-            "library": sum(part[k] for part in parts.values() for k in LIBRARY_KINDS)}
+            "library": sum(part[k] for part in parts.values() for k in LIBRARY_KINDS),
+            "gigabytes": sum(family_gb.values()), "family_gb": family_gb, "kernel_gb": kernel_gb, "small": small}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
@@ -179,23 +226,35 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--families", type=int, default=12, help="kernel families listed per row (most launched)")
     parser.add_argument("--out", default=None, help="also write the report to this file")
+    parser.add_argument("--cpu-rules", action="store_true",
+                        help="let Inductor's IR and scheduler judge the nodes by the CPU's rules (the count before "
+                             "2026-12-07's second session) instead of a GPU's")
     args = parser.parse_args(argv)
-    rows, details = [], []
+    rows, details, traffic, largest = [], [], [], []
     for model in args.models.split(","):
         for copies in ((False, True) if model != "U-Net" else (False,)):
-            c = count_compiled_step(model, args.patch, args.batch, copies)
+            c = count_compiled_step(model, args.patch, args.batch, copies, not args.cpu_rules)
             label = "nnU-Net 2D U-Net (fp16 as bf16)" if model == "U-Net" else \
                 f"DANIE-{model}, bf16" + (", weight copies" if copies else "")
             rows.append([label, str(c["launches"]), str(c["kernels"]), str(c["library"]),
-                         str(c["launches"] + c["library"]), f"{c['compile_s']:.0f}"])
+                         str(c["launches"] + c["library"]), f"{c['gigabytes']:.1f}",
+                         f"{c['gigabytes'] / H100_BANDWIDTH_TB_S:.1f}", str(c["small"]), f"{c['compile_s']:.0f}"])
             details.append(f"{label}: " + ", ".join(f"{n} {f}" for f, n in c["families"].most_common(args.families)))
+            traffic.append(f"{label}: " + ", ".join(f"{gb:.1f} {f} ({c['families'][f]})"
+                                                    for f, gb in c["family_gb"].most_common(args.families)))
+            largest.append(f"{label}: " + ", ".join(f"{gb * 1e3:.0f} MB {k}"
+                                                    for k, gb in c["kernel_gb"].most_common(5)))
     report = "\n".join([
         f"torch {torch.__version__}; Inductor's Triton code for an H100 ({H100_PROPERTIES['multi_processor_count']} "
         f"SMs), generated and counted on the CPU; one compiled training step (forward, loss, backward; no "
-        f"optimiser) at {args.batch}x1x{args.patch}x{args.patch}, 9 classes, DANIE channels-last", "",
+        f"optimiser) at {args.batch}x1x{args.patch}x{args.patch}, 9 classes, DANIE channels-last; nodes judged by "
+        f"{'the CPU' if args.cpu_rules else 'a GPU'}'s fusion rules", "",
         *table_lines(["model", "Triton launches", "distinct kernels", "library calls (eager count)",
-                      "launches in all", "compile s"], rows),
-        "", "Most launched kernel families:", "", *(f"- {d}" for d in details)])
+                      "launches in all", "Triton GB moved (Inductor's estimate)",
+                      f"its ms at {H100_BANDWIDTH_TB_S} TB/s", "Triton launches under 4 MB", "compile s"], rows),
+        "", "Most launched kernel families:", "", *(f"- {d}" for d in details),
+        "", "Kernel families moving the most (GB per step, launches):", "", *(f"- {d}" for d in traffic),
+        "", "Kernels moving the most (per step, all their launches):", "", *(f"- {d}" for d in largest)])
     print(report)
     if args.out:
         with open(args.out, "w") as f:

@@ -492,6 +492,23 @@ def device_time_by_family(events) -> List[tuple]:
     return _time_by_family(_device_events(events), KERNEL_FAMILIES, lambda e: e.self_device_time_total)
 
 
+def kernel_family(name: str) -> str:
+    """An Inductor-generated kernel's name without its number: triton_poi_fused__to_copy_3 -> poi_fused__to_copy
+    (what it fuses, named alike on a card and in bench/gpu_launches.py's count on the CPU)."""
+    return re.sub(r"_\d+$", "", name.removeprefix("triton_"))
+
+
+def generated_time_by_family(events, limit: int = 15) -> List[tuple]:
+    """[(kernel family, microseconds, launches)] of a profile's Inductor-generated (Triton) kernels, most device
+    time first: with bench/gpu_launches.py's bytes of the same families, each family's achieved bandwidth."""
+    totals = {}
+    for e in _device_events(events):
+        if e.key.startswith("triton_"):
+            us, n = totals.get(kernel_family(e.key), (0.0, 0))
+            totals[kernel_family(e.key)] = (us + e.self_device_time_total, n + e.count)
+    return sorted(((f, us, n) for f, (us, n) in totals.items()), key=lambda row: -row[1])[:limit]
+
+
 def host_time_by_family(events) -> List[tuple]:
     """[(family, microseconds, calls)] of a profile's host time (each CPU event's self time, so nothing twice),
     largest first: says whether a host-bound step's host time goes to launching kernels, to the library
@@ -542,6 +559,12 @@ def family_table(events) -> str:
     return _family_lines(device_time_by_family(events), "kernel family", "device ms", "kernels")
 
 
+def generated_family_table(events, limit: int = 15) -> str:
+    """`generated_time_by_family` as a Markdown table."""
+    return "\n".join(table_lines(["Inductor-generated kernel family", "device ms", "launches"],
+                                  [[f, f"{us / 1e3:.2f}", str(n)] for f, us, n in generated_time_by_family(events, limit)]))
+
+
 def host_family_table(events) -> str:
     """`host_time_by_family` as a Markdown table with each family's share of the host time."""
     return _family_lines(host_time_by_family(events), "host family", "host ms (profiled)", "calls")
@@ -579,6 +602,8 @@ def profile_row(model: str, variant: str, patch: int, batch: int, in_chans: int,
         head += f", device busy {busy_us / 1e3:.1f} ms of it ({busy_us / (1e4 * wall_s):.0f} %) in {launches} " \
                 f"kernels and copies"
         head += "\n\n" + family_table(events)
+        if compiled:
+            head += "\n\n" + generated_family_table(events)
     # the profiler slows the host (the H100's compiled DANIE-S: 206.8 ms of host time in a 115.4 ms step), so
     # the host table's shares are what compare with the unprofiled wall time, not its milliseconds
     head += "\n\n" + host_family_table(events)

@@ -159,6 +159,13 @@ def test_device_time_by_kernel_family_sorts_the_h100_profiles_kernels():
     assert sum(us for _, us, _ in rows) == bench.device_activity(events)[0]  # every kernel in one family
     table = bench.family_table(events).splitlines()
     assert table[2] == "| convolutions (cuDNN) | 5.5 | 43 % | 43 |" and len(table) == 2 + len(rows)
+    # the generated kernels alone, by what they fuse (their numbers dropped): with gpu_launches.py's bytes
+    assert bench.generated_time_by_family(events + [kernel("triton_poi_fused__to_copy_7", 20.0, 4)]) == [
+        ("red_fused__native_batch_norm_legit_functional_convolution", 1457.0, 1),
+        ("poi_fused__native_batch_norm_legit_functional_convolution", 698.0, 2),
+        ("poi_fused__to_copy", 20.0, 4)]
+    assert bench.generated_family_table(events).splitlines()[2] == \
+        "| red_fused__native_batch_norm_legit_functional_convolution | 1.46 | 1 |"
 
 
 def test_library_calls_by_shape_take_device_time_from_the_innermost_operator():
@@ -360,7 +367,7 @@ def test_gpu_launches_counts_the_triton_kernels_of_a_compiled_step_on_the_cpu():
     torch.manual_seed(0)
     net, x = _TinyAttentionNet(), torch.randn(2, 1, 4, 4)
     compiled = torch.compile(net)
-    counts = {}
+    counts, moved = {}, {}
     torch._dynamo.utils.counters.clear()
     for copies in (False, True):
         weights = LowPrecisionWeights.record(net, lambda: net(x), "cpu") if copies else None
@@ -373,16 +380,20 @@ def test_gpu_launches_counts_the_triton_kernels_of_a_compiled_step_on_the_cpu():
                 if weights is not None:
                     weights.gradients_to_parameters()
         counts[copies] = Counter(launches)
+        # each kernel's bytes as Inductor estimates them (its benchmark metadata), per launch
+        assert set(launches.gigabytes) >= set(launches) and all(launches.gigabytes[k] > 0 for k in launches)
+        moved[copies] = sum(n * launches.gigabytes[k] for k, n in launches.items())
         assert net.conv.weight.grad is not None
         net.zero_grad(set_to_none=True)
     assert not torch._dynamo.utils.counters["graph_break"]  # its attention stand-in traces into the one graph
     assert sum(counts[False].values()) > sum(counts[True].values()) > 0  # the weight casts' kernels are gone
-    families = {script.kernel_family(name) for c in counts.values() for name, _ in c}
+    assert moved[False] > moved[True] > 0  # and what they read and wrote
+    families = {bench.kernel_family(name) for c in counts.values() for name, _ in c}
     assert not any("softmax" in f for f in families)  # attention stays one opaque call, as CUDA's kernel
     assert any("_to_copy" in f for f in families) and any("batch_norm" in f for f in families)
-    assert script.kernel_family("triton_poi_fused__to_copy_3") == "poi_fused__to_copy"
+    assert bench.kernel_family("triton_poi_fused__to_copy_3") == "poi_fused__to_copy"
     # everything it patched is back
     assert torch.nn.functional.scaled_dot_product_attention is sdpa
     assert os.environ.get("TRITON_INTERPRET") == interpret
     assert hints.DeviceProperties.__dict__["create"] is create
-    assert torch._inductor.config.cpu_backend == "cpp"
+    assert torch._inductor.config.cpu_backend == "cpp" and not torch._inductor.config.benchmark_kernel
