@@ -208,9 +208,10 @@ def count_compiled_step(model: str, patch: int, batch: int, copies: bool, gpu_he
     parts = eager_step_counts(model, "cl", patch, batch, 1, 9, torch.device("meta"))
     families, family_gb, kernel_gb = Counter(), Counter(), Counter()
     for kernel, n in counted.items():
-        families[kernel_family(kernel[0])] += n
-        family_gb[kernel_family(kernel[0])] += n * launches.gigabytes[kernel]
-        kernel_gb[kernel[0]] += n * launches.gigabytes[kernel]
+        family, gigabytes = kernel_family(kernel[0]), n * launches.gigabytes[kernel]
+        families[family] += n
+        family_gb[family] += gigabytes
+        kernel_gb[kernel[0]] += gigabytes
     small = sum(n for kernel, n in counted.items() if launches.gigabytes[kernel] < SMALL_KERNEL_GB)
     return {"launches": sum(counted.values()), "kernels": len(counted), "compile_s": compile_s, "families": families,
             "library": sum(part[k] for part in parts.values() for k in LIBRARY_KINDS),

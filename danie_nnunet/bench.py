@@ -476,14 +476,20 @@ HOST_FAMILIES = (
 )
 
 
-def _time_by_family(events, families, self_time) -> List[tuple]:
-    # [(family, microseconds, calls)] largest first, "other" for names no pattern matches
+def _time_by(events, group, self_time) -> List[tuple]:
+    # [(group(event), microseconds, calls)] largest first
     totals = {}
     for e in events:
-        family = next((name for name, pattern in families if pattern.search(e.key)), "other")
-        us, n = totals.get(family, (0.0, 0))
-        totals[family] = (us + self_time(e), n + e.count)
+        key = group(e)
+        us, n = totals.get(key, (0.0, 0))
+        totals[key] = (us + self_time(e), n + e.count)
     return sorted(((f, us, n) for f, (us, n) in totals.items()), key=lambda row: -row[1])
+
+
+def _time_by_family(events, families, self_time) -> List[tuple]:
+    # [(family, microseconds, calls)] largest first, "other" for names no pattern matches
+    return _time_by(events, lambda e: next((name for name, pattern in families if pattern.search(e.key)), "other"),
+                    self_time)
 
 
 def device_time_by_family(events) -> List[tuple]:
@@ -501,12 +507,8 @@ def kernel_family(name: str) -> str:
 def generated_time_by_family(events, limit: int = 15) -> List[tuple]:
     """[(kernel family, microseconds, launches)] of a profile's Inductor-generated (Triton) kernels, most device
     time first: with bench/gpu_launches.py's bytes of the same families, each family's achieved bandwidth."""
-    totals = {}
-    for e in _device_events(events):
-        if e.key.startswith("triton_"):
-            us, n = totals.get(kernel_family(e.key), (0.0, 0))
-            totals[kernel_family(e.key)] = (us + e.self_device_time_total, n + e.count)
-    return sorted(((f, us, n) for f, (us, n) in totals.items()), key=lambda row: -row[1])[:limit]
+    generated = [e for e in _device_events(events) if e.key.startswith("triton_")]
+    return _time_by(generated, lambda e: kernel_family(e.key), lambda e: e.self_device_time_total)[:limit]
 
 
 def host_time_by_family(events) -> List[tuple]:
