@@ -31,8 +31,9 @@
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
 # overhead (at most 9.5 min, one call): ES alone before and since its split (seconds), then the compiled DANIE-S's
-#   training step replayed as CUDA graphs (reduce-overhead), then with autocast's weight casts done as one bf16 copy
-#   (wcopy: DANIE_cast_weights_once), then both, checked and timed, as many of the three as fit its 575 s budget
+#   training step replayed as CUDA graphs (reduce-overhead), then with bf16 values stored before their upcasts (up:
+#   DANIE_upcast_per_use), then with autocast's weight casts done as one bf16 copy (wcopy: DANIE_cast_weights_once),
+#   then reduce-overhead+wcopy, checked and timed, as many of the four as fit its 575 s budget
 #   (a row is skipped, not cut, when less than 150 s is left); SETTINGS=... (also combo-kernels, and combinations
 #   such as combo-kernels+wcopy) MODELS=... STEP_LIMIT=... BUDGET=... MIN_STEP=... change the rows
 #   run(command="bash bench/gpu_checks.sh overhead", carry=[".whl"], timeout_s=590)
@@ -123,10 +124,13 @@ elif [ "$mode" = overhead ]; then
        --out "$OUT/channel_attention.md"
   # wcopy: the default compile of the cl+wcopy variant (danie_nnunet/weight_cast.py: DANIE-S launches 2 067 Triton
   # kernels per step against 2 681, by bench/gpu_launches.py's CPU proxy), alone or after + with an Inductor setting
-  for setting in ${SETTINGS:-reduce-overhead wcopy reduce-overhead+wcopy}; do
+  # up: the default compile of the cl+up variant (danie_nnunet/upcast_per_use.py, DANIE_upcast_per_use: DANIE-S's
+  # generated kernels move 72.1 GB per step against 81.6, by the same proxy)
+  for setting in ${SETTINGS:-reduce-overhead up wcopy reduce-overhead+wcopy}; do
     backend=${setting%+wcopy}; variant=cl
     [ "$backend" != "$setting" ] || [ "$setting" = wcopy ] && variant=cl+wcopy
-    [ "$backend" = wcopy ] && backend=inductor
+    [ "$setting" = up ] && variant=cl+up
+    [ "$backend" = wcopy ] || [ "$backend" = up ] && backend=inductor
     step "overhead_$setting" "${STEP_LIMIT:-280}" $bench --configs $big --models "${MODELS:-S}" --modes compile \
          --variants $variant --compile-backend "$backend" --train-only --out "$OUT/bench_overhead_$setting.md"
   done

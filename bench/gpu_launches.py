@@ -24,13 +24,19 @@ It depends on Inductor internals of the pinned torch (tests/test_bench.py runs i
 proxy until a GPU profile gives the count of the same step (`bench/gpu_checks.sh profile_compiled` prints how many
 kernels ran). Minutes per row on this project's CPU (Inductor's generation, and the library calls at full size):
 
-    python bench/gpu_launches.py [--models S,L,U-Net] [--patch 512] [--batch 12] [--out FILE]
+    python bench/gpu_launches.py [--models S,L,U-Net] [--patch 512] [--batch 12] [--out FILE] [--sources DIR]
+                                 [--upcast-per-use]
+
+`--sources DIR` also writes the Triton source of each row's kernels moving the most, to read what they load and
+store (and in which dtype).
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import os
+import re
 import time
 from collections import Counter
 from contextlib import ExitStack, contextmanager
@@ -99,11 +105,11 @@ def _sdpa_as_one_call(attention):
 class Launches(Counter):
     """Launches by kernel, keyed by (kernel name, id of its launcher); `gigabytes[kernel]`: what Inductor estimates
     one launch of it reads and writes (its `estimate_kernel_num_bytes`, the figure its own bandwidth profiler
-    divides by a kernel's time)."""
+    divides by a kernel's time); `sources[kernel]`: its Triton source."""
 
     def __init__(self):
         super().__init__()
-        self.gigabytes = {}
+        self.gigabytes, self.sources = {}, {}
 
 
 def _judged_as_gpu_nodes(stack: ExitStack) -> None:
@@ -125,6 +131,17 @@ def _judged_as_gpu_nodes(stack: ExitStack) -> None:
     stack.enter_context(mock.patch.object(scheduler.BaseSchedulerNode, "is_gpu", on_a_device))
     stack.enter_context(mock.patch.object(scheduler, "_is_gpu_triton_backend",
                                           lambda a, b: on_a_device(a) and on_a_device(b)))
+
+
+def _kernel_source(fn) -> str:
+    """The Triton source of a kernel as the interpreter loaded it (a `JITFunction`'s `src`, else its Python)."""
+    source = getattr(fn, "src", None)
+    if source is None:
+        try:
+            source = inspect.getsource(getattr(fn, "fn", fn))
+        except (OSError, TypeError):
+            source = ""
+    return source
 
 
 @contextmanager
@@ -150,7 +167,9 @@ def gpu_code_on_cpu(properties: dict = H100_PROPERTIES, gpu_heuristics: bool = T
     def count(self, *args, **kwargs):  # keyed by kernel: the graphs of a step number their kernels alike
         kernel = (getattr(self.fn, "__name__", "triton_kernel"), id(self))
         launches[kernel] += 1
-        launches.gigabytes.setdefault(kernel, self.inductor_meta.get("kernel_num_gb") or 0.0)
+        if kernel not in launches.gigabytes:
+            launches.gigabytes[kernel] = self.inductor_meta.get("kernel_num_gb") or 0.0
+            launches.sources[kernel] = _kernel_source(self.fn)
 
     saved = (os.environ.get("TRITON_INTERPRET"), torch_triton.triton_hash_with_backend,
              heuristics.CachingAutotuner.run, F.scaled_dot_product_attention)
@@ -178,9 +197,11 @@ def gpu_code_on_cpu(properties: dict = H100_PROPERTIES, gpu_heuristics: bool = T
         torch._dynamo.reset()
 
 
-def count_compiled_step(model: str, patch: int, batch: int, copies: bool, gpu_heuristics: bool = True) -> dict:
+def count_compiled_step(model: str, patch: int, batch: int, copies: bool, gpu_heuristics: bool = True,
+                        upcast_per_use: bool = False) -> dict:
     """Triton launches of one compiled training step (forward, the trainer's loss, backward) of DANIE-`model`
-    (channels-last, bf16 autocast; `copies`: DANIE_cast_weights_once) or of nnU-Net's U-Net (its fp16 autocast as
+    (channels-last, bf16 autocast; `copies`: DANIE_cast_weights_once; `upcast_per_use`: DANIE_upcast_per_use, the
+    bench's cl+up) or of nnU-Net's U-Net (its fp16 autocast as
     bf16), after a first step that compiled it; and the library calls of an eager step."""
     from danie_nnunet.bench import danie_training_step, eager_step_counts, kernel_family, unet_training_step
     from danie_nnunet.dispatch_count import LIBRARY_KINDS
@@ -195,7 +216,8 @@ def count_compiled_step(model: str, patch: int, batch: int, copies: bool, gpu_he
                 # convolutions are slow)
                 step.amp, step.amp_dtype = True, torch.bfloat16
             else:  # the CPU's bf16 autocast standing in for the card's
-                step, x = danie_training_step(model, "cl+wcopy" if copies else "cl", True, patch, batch, 1, 9, cpu,
+                variant = "cl+wcopy" if copies else "cl+up" if upcast_per_use else "cl"
+                step, x = danie_training_step(model, variant, True, patch, batch, 1, 9, cpu,
                                               torch.bfloat16, dtype=torch.float32, autocast_off_cuda=True)
             started = time.perf_counter()
             step.forward_backward(x)
@@ -206,16 +228,32 @@ def count_compiled_step(model: str, patch: int, batch: int, copies: bool, gpu_he
     finally:
         torch.set_flush_denormal(False)
     parts = eager_step_counts(model, "cl", patch, batch, 1, 9, torch.device("meta"))
-    families, family_gb, kernel_gb = Counter(), Counter(), Counter()
+    families, family_gb, kernel_gb, sources = Counter(), Counter(), Counter(), {}
     for kernel, n in counted.items():
         family, gigabytes = kernel_family(kernel[0]), n * launches.gigabytes[kernel]
         families[family] += n
         family_gb[family] += gigabytes
         kernel_gb[kernel[0]] += gigabytes
+        sources[kernel[0]] = launches.sources[kernel]
     small = sum(n for kernel, n in counted.items() if launches.gigabytes[kernel] < SMALL_KERNEL_GB)
     return {"launches": sum(counted.values()), "kernels": len(counted), "compile_s": compile_s, "families": families,
             "library": sum(part[k] for part in parts.values() for k in LIBRARY_KINDS),
-            "gigabytes": sum(family_gb.values()), "family_gb": family_gb, "kernel_gb": kernel_gb, "small": small}
+            "gigabytes": sum(family_gb.values()), "family_gb": family_gb, "kernel_gb": kernel_gb, "small": small,
+            "sources": sources}
+
+
+def write_sources(folder: str, label: str, kernel_gb: Counter, sources: dict, n: int) -> List[str]:
+    """Writes the sources of the `n` kernels moving the most to folder/<label>/<rank>_<kernel>.py, headed by
+    their GB per step; returns the paths."""
+    where = os.path.join(folder, re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_"))
+    os.makedirs(where, exist_ok=True)
+    paths = []
+    for rank, (kernel, gigabytes) in enumerate(kernel_gb.most_common(n), 1):
+        paths.append(os.path.join(where, f"{rank:02d}_{kernel}.py"))
+        with open(paths[-1], "w") as f:
+            f.write(f"# {label}: {gigabytes * 1e3:.0f} MB per step (Inductor's estimate, all launches)\n"
+                    + sources.get(kernel, ""))
+    return paths
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
@@ -230,13 +268,19 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--cpu-rules", action="store_true",
                         help="let Inductor's IR and scheduler judge the nodes by the CPU's rules (the count before "
                              "2026-12-07's second session) instead of a GPU's")
+    parser.add_argument("--upcast-per-use", action="store_true",
+                        help="also a row per DANIE with bf16 values stored before their upcasts (DANIE_upcast_per_use)")
+    parser.add_argument("--sources", default=None,
+                        help="also write the Triton source of each row's kernels moving the most (as many as "
+                             "--families) under this folder")
     args = parser.parse_args(argv)
     rows, details, traffic, largest = [], [], [], []
     for model in args.models.split(","):
-        for copies in ((False, True) if model != "U-Net" else (False,)):
-            c = count_compiled_step(model, args.patch, args.batch, copies, not args.cpu_rules)
+        rows_of_model = [(False, False), (True, False)] + ([(False, True)] if args.upcast_per_use else [])
+        for copies, upcast in (rows_of_model if model != "U-Net" else [(False, False)]):
+            c = count_compiled_step(model, args.patch, args.batch, copies, not args.cpu_rules, upcast)
             label = "nnU-Net 2D U-Net (fp16 as bf16)" if model == "U-Net" else \
-                f"DANIE-{model}, bf16" + (", weight copies" if copies else "")
+                f"DANIE-{model}, bf16" + (", weight copies" if copies else "") + (", upcast per use" if upcast else "")
             rows.append([label, str(c["launches"]), str(c["kernels"]), str(c["library"]),
                          str(c["launches"] + c["library"]), f"{c['gigabytes']:.1f}",
                          f"{c['gigabytes'] / H100_BANDWIDTH_TB_S:.1f}", str(c["small"]), f"{c['compile_s']:.0f}"])
@@ -245,6 +289,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                                                     for f, gb in c["family_gb"].most_common(args.families)))
             largest.append(f"{label}: " + ", ".join(f"{gb * 1e3:.0f} MB {k}"
                                                     for k, gb in c["kernel_gb"].most_common(5)))
+            if args.sources:
+                write_sources(args.sources, label, c["kernel_gb"], c["sources"], args.families)
     report = "\n".join([
         f"torch {torch.__version__}; Inductor's Triton code for an H100 ({H100_PROPERTIES['multi_processor_count']} "
         f"SMs), generated and counted on the CPU; one compiled training step (forward, loss, backward; no "

@@ -26,7 +26,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from .compiled import COMPILE_SETTINGS, backward_outside_autocast, cuda_graph_skips, replays_cuda_graphs
+from .compiled import COMPILE_SETTINGS, cuda_graph_skips, danie_compile_context, replays_cuda_graphs
 from .dispatch_count import LIBRARY_KINDS, count_dispatch, count_training_step
 from .markdown import table_lines
 from .weight_cast import LowPrecisionWeights
@@ -46,6 +46,9 @@ VARIANTS = {  # DANIE fast formulations, each the same function as "plain" (chec
     # autocast's weight casts as one copy per step (weight_cast.py, DANIE_cast_weights_once); needs autocast (CUDA):
     # elsewhere the row runs as cl and says so
     "cl+wcopy": dict(channels_last=True, recompute=False, weight_copies=True),
+    # compiled, a bf16 value that several ops upcast is stored in bf16, not as its fp32 upcast (upcast_per_use.py,
+    # DANIE_upcast_per_use); an eager row runs as cl
+    "cl+up": dict(channels_last=True, recompute=False, upcast_per_use=True),
 }
 # A fast DANIE passes its check when its relative L2 error against the plain network in fp32 is at most
 # CHECK_FACTOR x that of the plain network in bf16 (the noise floor of the precision itself) + CHECK_FLOOR.
@@ -187,15 +190,18 @@ class TrainStep:
         else:
             self.opt = torch.optim.SGD(net.parameters(), lr=1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp and amp_dtype == torch.float16 else None
-        self.trace_context = nullcontext  # the torch.compile settings a compiled model is first traced under
+        # the torch.compile settings a compiled model is first traced and compiled under (its backward graph is
+        # compiled at the first backward pass)
+        self.trace_context = nullcontext
         self.weights = None  # LowPrecisionWeights: autocast's weight casts as one copy (variant cl+wcopy)
 
     def forward_backward(self, x: torch.Tensor) -> list:
         self.opt.zero_grad(set_to_none=True)
-        with self.trace_context(), torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
-            out = self.model(x) if self.weights is None else self.weights(self.model, x)
-            loss = self.loss_fn(out, self.targets)
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        with self.trace_context():
+            with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
+                out = self.model(x) if self.weights is None else self.weights(self.model, x)
+                loss = self.loss_fn(out, self.targets)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if self.weights is not None:
             self.weights.gradients_to_parameters()
         return out
@@ -277,7 +283,7 @@ def danie_training_step(model: str, variant: str, compiled: bool, patch: int, ba
     model_fn = _compile(net, compile_backend) if compiled else net
     step = TrainStep(net, model_fn, "danie", loss_fn, [target] * len(scales), device, amp_dtype, autocast_off_cuda)
     if compiled:  # as DANIETrainer compiles it: the backward outside autocast (danie_nnunet/compiled.py)
-        step.trace_context = backward_outside_autocast
+        step.trace_context = partial(danie_compile_context, VARIANTS[variant].get("upcast_per_use", False))
     if VARIANTS[variant].get("weight_copies") and step.amp:  # as DANIETrainer records them, from the step's input
         step.weights = LowPrecisionWeights.record(net, lambda: net(x), device.type, step.amp_dtype)
     return step, x

@@ -10,10 +10,13 @@ gradients NaN on CPU (bench/repro_inductor_nan.py). "off" traces the backward as
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Callable
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from .upcast_per_use import UpcastPerUse
 
 OPTION = "backward_pass_autocast"
 # DANIE's compile settings besides Inductor's default, each as torch.compile takes it. Inductor's own modes:
@@ -65,6 +68,48 @@ def trace_backward_outside_autocast() -> bool:
 def backward_outside_autocast():
     """The same for what is compiled (first called) inside this context only, e.g. DANIE next to a U-Net."""
     return torch._functorch.config.patch(**{OPTION: "off"}) if can_trace_backward_outside_autocast() else nullcontext()
+
+
+def upcast_per_use() -> UpcastPerUse:
+    """The one `UpcastPerUse` pass of this process (its `split` counts what it did)."""
+    global _UPCAST_PER_USE
+    if _UPCAST_PER_USE is None:
+        from .upcast_per_use import UpcastPerUse
+        _UPCAST_PER_USE = UpcastPerUse()
+    return _UPCAST_PER_USE
+
+
+_UPCAST_PER_USE = None
+
+
+def store_values_before_upcasts() -> bool:
+    """Process-wide: Inductor compiles from now on with `UpcastPerUse` as its post-grad pass (a bf16 value that
+    several ops upcast is stored in bf16, not as its fp32 upcast: danie_nnunet/upcast_per_use.py). False, and
+    nothing changed, where another post-grad pass is installed already."""
+    import torch._inductor.config as inductor_config
+    installed = inductor_config.post_grad_custom_post_pass
+    if installed is not None and installed is not upcast_per_use():
+        return False
+    inductor_config.post_grad_custom_post_pass = upcast_per_use()
+    return True
+
+
+def values_stored_before_upcasts():
+    """The same for what is compiled (first called) inside this context only."""
+    import torch._inductor.config as inductor_config
+    return inductor_config.patch(post_grad_custom_post_pass=upcast_per_use())
+
+
+@contextmanager
+def danie_compile_context(upcast_per_use_pass: bool = False):
+    """What DANIETrainer compiles DANIE under, for what is compiled inside this context only (the first forward and
+    backward passes): the backward outside autocast and, with `upcast_per_use_pass` (DANIE_upcast_per_use), the
+    `UpcastPerUse` pass."""
+    with ExitStack() as stack:
+        stack.enter_context(backward_outside_autocast())
+        if upcast_per_use_pass:
+            stack.enter_context(values_stored_before_upcasts())
+        yield
 
 
 def generated_kernels(fn: Callable[[], object]) -> int:

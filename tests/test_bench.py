@@ -357,7 +357,7 @@ class _TinyAttentionNet(torch.nn.Module):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.bias).sum()
 
 
-def test_gpu_launches_counts_the_triton_kernels_of_a_compiled_step_on_the_cpu():
+def test_gpu_launches_counts_the_triton_kernels_of_a_compiled_step_on_the_cpu(tmp_path):
     # bench/gpu_launches.py: Inductor's Triton (GPU) code generated on the CPU, each launch counted and not run
     from danie_nnunet.weight_cast import LowPrecisionWeights
     script = _bench_script("gpu_launches")
@@ -383,6 +383,14 @@ def test_gpu_launches_counts_the_triton_kernels_of_a_compiled_step_on_the_cpu():
         # each kernel's bytes as Inductor estimates them (its benchmark metadata), per launch
         assert set(launches.gigabytes) >= set(launches) and all(launches.gigabytes[k] > 0 for k in launches)
         moved[copies] = sum(n * launches.gigabytes[k] for k, n in launches.items())
+        # and its Triton source, as the interpreter loaded it
+        assert all(f"def {k[0]}(" in launches.sources[k] for k in launches)
+        kernel_gb = Counter({k[0]: n * launches.gigabytes[k] for k, n in launches.items()})
+        written = script.write_sources(str(tmp_path), f"net {copies}", kernel_gb,
+                                       {k[0]: launches.sources[k] for k in launches}, 2)
+        top = kernel_gb.most_common(1)[0][0]
+        assert len(written) == 2 and written[0].endswith(f"net_{copies}/01_{top}.py")
+        assert f"def {top}(" in open(written[0]).read()
         assert net.conv.weight.grad is not None
         net.zero_grad(set_to_none=True)
     assert not torch._dynamo.utils.counters["graph_break"]  # its attention stand-in traces into the one graph

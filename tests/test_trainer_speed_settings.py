@@ -241,6 +241,25 @@ def test_a_compiling_trainer_traces_backward_outside_autocast(monkeypatch, env):
     assert trainer.shown == [env != "f"]  # the minutes of compiling are announced; an asked-for "off" is only logged
 
 
+@pytest.mark.parametrize("compile_env, env", [(None, "t"), (None, None), ("f", "t")])
+def test_upcast_per_use_installs_inductors_pass_where_the_trainer_compiles(monkeypatch, compile_env, env):
+    import torch._inductor.config as inductor_config
+    from danie_nnunet.compiled import upcast_per_use
+    _on_a_cuda_machine(monkeypatch, compile_env)
+    if env is not None:
+        monkeypatch.setenv("DANIE_upcast_per_use", env)
+    trainer = _bare(DANIETrainer_S)
+    with torch._functorch.config.patch(backward_pass_autocast="same_as_forward"), \
+            inductor_config.patch(post_grad_custom_post_pass=None):  # restored after
+        trainer._configure_compile()
+        installed = inductor_config.post_grad_custom_post_pass
+    if env == "t" and compile_env is None:
+        assert installed is upcast_per_use() and "stored in bf16" in trainer.logged[-1]
+    else:  # off by default; ignored, and said so, where nothing compiles
+        assert installed is None
+        assert ("ignored: the network is not compiled" in trainer.logged[-1]) is (env == "t")
+
+
 @pytest.mark.parametrize("env, expected", [(None, False), ("t", True), ("f", False)])
 def test_under_ddp_compile_only_when_asked(monkeypatch, env, expected):
     # nnU-Net makes every BatchNorm a SyncBatchNorm under DDP, and torch.compile cannot trace those

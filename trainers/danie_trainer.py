@@ -46,7 +46,7 @@ from torch._dynamo import OptimizedModule
 
 from danie_nnunet.checks import DatasetError, check_dataset_json
 from danie_nnunet.compiled import (COMPILE_SETTINGS, can_trace_backward_outside_autocast, cuda_graph_skips,
-                                   replays_cuda_graphs, trace_backward_outside_autocast)
+                                   replays_cuda_graphs, store_values_before_upcasts, trace_backward_outside_autocast)
 from danie_nnunet.config import DANIEConfig, get_config
 from danie_nnunet.memory import GIB, HEADROOM, budget_note, plan_recompute
 from danie_nnunet.network import DANIE, plans_architecture
@@ -76,6 +76,10 @@ COMPILE_MODE_ENV = "DANIE_compile_mode"
 # them per training step (danie_nnunet/weight_cast.py: the same function, some 700 fewer launches of a compiled step;
 # experimental: not yet timed on a GPU). bf16 autocast (CUDA) only, not under DDP
 CAST_WEIGHTS_ONCE_ENV = "DANIE_cast_weights_once"
+# Compiled, a bf16 value that several ops upcast (GELU's gradient in each BatchNorm backward) stored in bf16, not as
+# its fp32 upcast (danie_nnunet/upcast_per_use.py: the eager function to bf16 rounding; by Inductor's estimate 9.5 of
+# the 81.6 GB the compiled DANIE-S step's generated kernels move; experimental: not yet timed on a GPU)
+UPCAST_PER_USE_ENV = "DANIE_upcast_per_use"
 
 
 class DANIEConfigurationError(RuntimeError):
@@ -191,6 +195,7 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
     cuda_graphs = True  # DANIE_cuda_graphs overrides it
     mirror_batching = True  # DANIE_mirror_batching overrides it
     cast_weights_once = False  # DANIE_cast_weights_once overrides it
+    upcast_per_use = False  # DANIE_upcast_per_use overrides it
     weight_copies: Optional[LowPrecisionWeights] = None  # recorded at the first training step where it applies
     records_weight_copies = False
     marks_cudagraph_steps = False  # set where DANIE_compile_mode compiles with Inductor's CUDA graph trees
@@ -293,6 +298,16 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
         if decision.compiles:
             trace_backward_outside_autocast()
         self.print_to_log_file(f"DANIE: {decision.reason}", also_print_to_console=decision.to_console)
+        if not env_flag(UPCAST_PER_USE_ENV, self.upcast_per_use):
+            return
+        if not decision.compiles:
+            self.print_to_log_file(f"DANIE: {UPCAST_PER_USE_ENV} ignored: the network is not compiled")
+        elif store_values_before_upcasts():
+            self.print_to_log_file(f"DANIE: {UPCAST_PER_USE_ENV}: compiled, values that several ops upcast are stored "
+                                   f"in bf16 (danie_nnunet/upcast_per_use.py; experimental)", also_print_to_console=True)
+        else:
+            self.print_to_log_file(f"DANIE: {UPCAST_PER_USE_ENV} ignored: another Inductor post-grad pass is installed "
+                                   f"(torch._inductor.config.post_grad_custom_post_pass)", also_print_to_console=True)
 
     def _apply_compile_mode(self) -> None:
         """Recompile (lazily: nothing is traced yet) the network nnU-Net compiled in DANIE_compile_mode's setting.
