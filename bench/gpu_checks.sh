@@ -26,7 +26,7 @@
 #   run(command="bash bench/gpu_checks.sh defaults", carry=[".whl"], timeout_s=590)
 # profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps,
 #   device and host time by family, library calls by input shape; MODELS=L (about 5 min) profiles one of them; its
-#   "Inductor-generated (Triton)" kernel count checks bench/gpu_launches.py's CPU proxy (DANIE-S 2 681, L 2 664)
+#   "Inductor-generated (Triton)" kernel count checks bench/gpu_launches.py's CPU proxy (DANIE-S 2 607, L 2 594)
 #   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
@@ -122,8 +122,8 @@ elif [ "$mode" = overhead ]; then
   if [ -n "${SMALL:-}" ]; then es_size="--size 64 --batch 2 --iters 1"; else es_size=""; fi
   step channel_attention 60 $PY "$here/channel_attention.py" --device $device $es_size \
        --out "$OUT/channel_attention.md"
-  # wcopy: the default compile of the cl+wcopy variant (danie_nnunet/weight_cast.py: DANIE-S launches 2 067 Triton
-  # kernels per step against 2 681, by bench/gpu_launches.py's CPU proxy), alone or after + with an Inductor setting
+  # wcopy: the default compile of the cl+wcopy variant (danie_nnunet/weight_cast.py: DANIE-S launches 1 993 Triton
+  # kernels per step against 2 607, by bench/gpu_launches.py's CPU proxy), alone or after + with an Inductor setting
   # up: the default compile of the cl+up variant (danie_nnunet/upcast_per_use.py, DANIE_upcast_per_use: DANIE-S's
   # generated kernels move 72.1 GB per step against 81.6, by the same proxy)
   for setting in ${SETTINGS:-reduce-overhead up wcopy reduce-overhead+wcopy}; do

@@ -1,12 +1,12 @@
 """The benchmark keeps working on CPU at tiny sizes (timings are printed, never asserted), and its per-row check
 catches a fast path that computes another function."""
-import importlib.util
 import os
 from collections import Counter
 
 import pytest
 import torch
 
+from bench_scripts import load_bench_script
 from danie_nnunet import bench
 from danie_nnunet.bench import VARIANTS, check_fast_paths, run_bench
 
@@ -291,10 +291,7 @@ def test_a_slow_rate_keeps_its_digits():
 
 def test_channel_attention_bench_times_both_forms_of_es_at_every_level(tmp_path, capsys):
     # bench/channel_attention.py: ES before and since its split over positions, checked against each other
-    spec = importlib.util.spec_from_file_location(
-        "channel_attention", os.path.join(os.path.dirname(__file__), "..", "bench", "channel_attention.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_bench_script("channel_attention")
     out = tmp_path / "es.md"
     try:
         script.main(["--models", "S", "--size", "128", "--batch", "1", "--iters", "1", "--device", "cpu",
@@ -310,18 +307,10 @@ def test_channel_attention_bench_times_both_forms_of_es_at_every_level(tmp_path,
     assert out.read_text() in capsys.readouterr().out
 
 
-def _bench_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "bench",
-                                                                     f"{name}.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_adamw_bench_times_the_three_implementations_and_compares_their_weights(tmp_path, capsys):
     # bench/adamw_step.py: DANIETrainer's AdamW step, default / foreach / fused, on real gradients
     out = tmp_path / "adamw.md"
-    _bench_script("adamw_step").main(["--models", "S", "--size", "64", "--batch", "2", "--iters", "1",
+    load_bench_script("adamw_step").main(["--models", "S", "--size", "64", "--batch", "2", "--iters", "1",
                                       "--device", "cpu", "--out", str(out)])
     rows = _rows(out.read_text())
     assert [r[3] for r in rows] == ["default", "foreach", "fused"]
@@ -333,7 +322,7 @@ def test_adamw_bench_times_the_three_implementations_and_compares_their_weights(
 def test_loader_targets_bench_counts_the_targets_a_batch_carries(tmp_path):
     # bench/loader_targets.py: nnU-Net's transforms and collation with five full-resolution targets, then one
     out = tmp_path / "loader.md"
-    _bench_script("loader_targets").main(["--size", "128", "--batch", "8", "--batches", "1", "--out", str(out)])
+    load_bench_script("loader_targets").main(["--size", "128", "--batch", "8", "--batches", "1", "--out", str(out)])
     five, one = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
                  if line.startswith(("| five", "| one"))]
     assert five[0] == "five (before)" and one[0] == "one (now)"
@@ -360,7 +349,7 @@ class _TinyAttentionNet(torch.nn.Module):
 def test_gpu_launches_counts_the_triton_kernels_of_a_compiled_step_on_the_cpu(tmp_path):
     # bench/gpu_launches.py: Inductor's Triton (GPU) code generated on the CPU, each launch counted and not run
     from danie_nnunet.weight_cast import LowPrecisionWeights
-    script = _bench_script("gpu_launches")
+    script = load_bench_script("gpu_launches")
     import torch._inductor.runtime.hints as hints
     sdpa, interpret = torch.nn.functional.scaled_dot_product_attention, os.environ.get("TRITON_INTERPRET")
     create = hints.DeviceProperties.__dict__["create"]

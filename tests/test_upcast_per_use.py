@@ -1,10 +1,9 @@
 """danie_nnunet/upcast_per_use.py: shared upcasts of computed bf16 values split per use, so that Inductor stores the
-bf16 value; the same numbers, fewer bytes."""
-import importlib.util
+bf16 value: fewer bytes, the eager function to bf16 rounding."""
 from collections import Counter
-from pathlib import Path
 
 import torch
+from bench_scripts import load_bench_script
 
 from danie_nnunet.compiled import danie_compile_context, store_values_before_upcasts, upcast_per_use
 from danie_nnunet.upcast_per_use import UpcastPerUse, is_upcast_of_computed_value
@@ -94,17 +93,9 @@ def test_the_compiled_gradients_stay_as_close_to_eager_with_the_pass():
     torch._dynamo.reset()
 
 
-def _gpu_launches():
-    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_launches.py"
-    spec = importlib.util.spec_from_file_location("gpu_launches", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_with_the_pass_a_gpu_kernel_no_longer_stores_the_fp32_gradient():
     # Inductor's Triton code for a GPU, generated on the CPU (bench/gpu_launches.py): the bytes its kernels move
-    script = _gpu_launches()
+    script = load_bench_script("gpu_launches")
     torch.manual_seed(0)
     net, x = _ConvNormGelu().to(memory_format=torch.channels_last), torch.randn(4, 3, 64, 64)
     x = x.to(memory_format=torch.channels_last)

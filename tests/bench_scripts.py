@@ -1,0 +1,12 @@
+"""The scripts under bench/ (not a package), loaded as modules for the tests."""
+import importlib.util
+import os
+
+
+def load_bench_script(name: str):
+    """bench/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "bench",
+                                                                     f"{name}.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
