@@ -19,6 +19,16 @@ bf16 as eager autocast rounds it. So the pass is the eager function to bf16 roun
 
 Only upcasts of a computed value (not of a graph input or a library call's output, already in memory either way)
 are split. Installed as Inductor's `post_grad_custom_post_pass` (`danie_nnunet.compiled`).
+
+Where the bf16 value is the downcast of a long fp32 expression (GELU's gradient recomputing BatchNorm's output and
+GELU, with two or more non-constant loads), Inductor's lowering stores that fp32 expression before the downcast is
+lowered: `torch/_inductor/graph.py` realises a pointwise node over `realize_opcount_threshold` (30 on a GPU)
+operations with more than one non-constant load, and the downcast is then inlined into each reader, which reads fp32
+(docs/performance.md, 2026-12-07). So the split downcasts are marked, and `DowncastStoredNotItsInput` lowers the one
+fp32 input of a marked downcast with a threshold of 100 operations (graph.py's own limit against deep
+recursion) in place of 30: the rule then stores the downcast, in bf16. The lowering
+hook is Inductor's private `GraphLowering.run_node`, wrapped once per process; it acts on marked nodes only, and is
+not installed where that method is missing.
 """
 from __future__ import annotations
 
@@ -26,6 +36,9 @@ import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+STORED_DOWNCAST = "danie_stored_downcast"  # node.meta key: a downcast whose upcasts this pass split
+# graph.py stores a pointwise node over 100 operations whatever the threshold (against deep recursion): kept
+OPS_BEFORE_A_STORED_DOWNCAST = 100
 
 
 def is_upcast_of_computed_value(node: torch.fx.Node) -> bool:
@@ -46,11 +59,13 @@ class UpcastPerUse(CustomGraphPass):
         self.split = 0
 
     def __call__(self, graph: torch.fx.Graph) -> None:
+        DowncastStoredNotItsInput.install()
         for node in list(graph.nodes):
             users = list(node.users)
             if len(users) < 2 or not is_upcast_of_computed_value(node):
                 continue
             self.split += 1
+            node.args[0].meta[STORED_DOWNCAST] = True
             for user in users[1:]:
                 with graph.inserting_before(user):
                     upcast = graph.call_function(node.target, node.args, node.kwargs)
@@ -59,3 +74,38 @@ class UpcastPerUse(CustomGraphPass):
 
     def uuid(self) -> bytes:  # Inductor's cache key: the pass is this file
         return get_hash_for_files((__file__,))
+
+
+def feeds_stored_downcast(node: torch.fx.Node) -> bool:
+    """`node`'s only user is a downcast `UpcastPerUse` split the upcasts of, and `node` is computed in fp32."""
+    users = list(node.users)
+    value = node.meta.get("val")
+    return (len(users) == 1 and users[0].meta.get(STORED_DOWNCAST, False) and node.op == "call_function"
+            and isinstance(value, torch.Tensor) and value.dtype == torch.float32)
+
+
+class DowncastStoredNotItsInput:
+    """Wraps Inductor's `GraphLowering.run_node` (once per process): a node that `feeds_stored_downcast` is lowered
+    with a `realize_opcount_threshold` of 100, not 30, so that Inductor stores its downcast (bf16) rather than it (fp32)."""
+
+    installed = False
+
+    @classmethod
+    def install(cls) -> bool:
+        if cls.installed:
+            return True
+        import torch._inductor.config as inductor_config
+        from torch._inductor.graph import GraphLowering
+        lower = getattr(GraphLowering, "run_node", None)
+        if lower is None or not hasattr(inductor_config, "realize_opcount_threshold"):
+            return False
+
+        def run_node(graph_lowering, node):
+            if not feeds_stored_downcast(node):
+                return lower(graph_lowering, node)
+            with inductor_config.patch(realize_opcount_threshold=OPS_BEFORE_A_STORED_DOWNCAST):
+                return lower(graph_lowering, node)
+
+        GraphLowering.run_node = run_node
+        cls.installed = True
+        return True

@@ -4,13 +4,14 @@ docs/measurements/2026-12-07d-cpu/padded_gelu_gradient.py` (CPU, about 2 minutes
 step of one padded MBConv-like block (Inductor's GPU code generated on the CPU, bench/gpu_launches.py): the bytes of
 all its kernels and of those fusing the padding, without the pass, with it, and with it and the crop written as
 slices; and, while lowering, the operation count and non-constant loads of GELU's gradient before and after its
-bf16 downcast (Inductor realises a pointwise node over 30 operations with more than one non-constant load)."""
+bf16 downcast (Inductor realises a pointwise node over 30 operations with more than one non-constant load).
+Output at 76e1b42, before the pass marked its downcasts: padded_gelu_gradient.txt; after (the pass's
+DowncastStoredNotItsInput): padded_gelu_gradient_with_stored_downcasts.txt."""
 import sys
 from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torch._inductor.graph as inductor_graph
 from torch._inductor.ir import ComputedBuffer, Pointwise
 
@@ -19,22 +20,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from bench_scripts import load_bench_script  # noqa: E402
 from danie_nnunet.compiled import danie_compile_context  # noqa: E402
 from danie_nnunet.upcast_per_use import UpcastPerUse  # noqa: E402
-
-
-class PaddedBlock(torch.nn.Module):
-    """1x1 convolution -> BatchNorm -> GELU -> TF-style 'same' padding -> stride-2 depthwise -> BatchNorm -> GELU."""
-
-    def __init__(self, channels: int = 16):
-        super().__init__()
-        self.expand = torch.nn.Conv2d(channels, channels, 1, bias=False)
-        self.norm1, self.norm2 = torch.nn.BatchNorm2d(channels), torch.nn.BatchNorm2d(channels)
-        self.act = torch.nn.GELU(approximate="tanh")
-        self.depthwise = torch.nn.Conv2d(channels, channels, 3, stride=2, groups=channels, bias=False)
-
-    def forward(self, x):
-        y = self.act(self.norm1(self.expand(x)))
-        y = self.depthwise(F.pad(y, (0, 1, 0, 1)))
-        return self.act(self.norm2(y)).float().square().mean()
+# 1x1 convolution -> BatchNorm -> GELU -> TF-style 'same' padding -> stride-2 depthwise -> BatchNorm -> GELU
+from test_upcast_per_use import _PaddedConvNormGelu as PaddedBlock  # noqa: E402
 
 
 def crops_as_slices(graph: torch.fx.Graph) -> None:
