@@ -79,7 +79,7 @@ CAST_WEIGHTS_ONCE_ENV = "DANIE_cast_weights_once"
 # Compiled, a bf16 value that several ops upcast (GELU's gradient in each BatchNorm backward) stored in bf16, not as
 # its fp32 upcast, nor as the fp32 expression it is the downcast of (danie_nnunet/upcast_per_use.py: the eager
 # function to bf16 rounding; by Inductor's estimate 81.6 -> 72.1 GB for the split alone, 67.5 GB with the stored
-# downcasts in a first try, of what the compiled DANIE-S step's generated kernels move; experimental: not yet timed on a GPU)
+# downcasts, of what the compiled DANIE-S step's generated kernels move; experimental: not yet timed on a GPU)
 UPCAST_PER_USE_ENV = "DANIE_upcast_per_use"
 
 
