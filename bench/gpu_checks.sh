@@ -31,11 +31,12 @@
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
 # overhead (at most 9.5 min, one call): ES alone before and since its split (seconds), then the compiled DANIE-S's
-#   training step replayed as CUDA graphs (reduce-overhead), then with bf16 values stored before their upcasts (up:
-#   DANIE_upcast_per_use), then with autocast's weight casts done as one bf16 copy (wcopy: DANIE_cast_weights_once),
-#   then reduce-overhead+wcopy, checked and timed, as many of the four as fit its 575 s budget
+#   training step as the trainer compiles it by default (inductor: the baseline, timed in the same call), then with
+#   bf16 values stored before their upcasts and autocast's weight casts done as one bf16 copy (up+wcopy:
+#   DANIE_upcast_per_use with DANIE_cast_weights_once), then replayed as CUDA graphs (reduce-overhead), then up and
+#   wcopy alone, then reduce-overhead+wcopy, checked and timed, as many as fit its 575 s budget
 #   (a row is skipped, not cut, when less than 150 s is left); SETTINGS=... (also combo-kernels, and combinations
-#   such as combo-kernels+wcopy) MODELS=... STEP_LIMIT=... BUDGET=... MIN_STEP=... change the rows
+#   such as combo-kernels+wcopy+up) MODELS=... STEP_LIMIT=... BUDGET=... MIN_STEP=... change the rows
 #   run(command="bash bench/gpu_checks.sh overhead", carry=[".whl"], timeout_s=590)
 # bench (about 6 min): the eager table with every fast variant at 512x12 and 256x24, a kernel profile
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".whl"], timeout_s=420)
@@ -126,11 +127,14 @@ elif [ "$mode" = overhead ]; then
   # kernels per step against 2 607, by bench/gpu_launches.py's CPU proxy), alone or after + with an Inductor setting
   # up: the default compile of the cl+up variant (danie_nnunet/upcast_per_use.py, DANIE_upcast_per_use: DANIE-S's
   # generated kernels move 72.1 GB per step against 81.6, by the same proxy)
-  for setting in ${SETTINGS:-reduce-overhead up wcopy reduce-overhead+wcopy}; do
-    backend=${setting%+wcopy}; variant=cl
-    [ "$backend" != "$setting" ] || [ "$setting" = wcopy ] && variant=cl+wcopy
-    [ "$setting" = up ] && variant=cl+up
-    [ "$backend" = wcopy ] || [ "$backend" = up ] && backend=inductor
+  # up+wcopy: both (the cl+wcopy+up variant: DANIE-S 1 997 launches and 67.0 GB by the same proxy); inductor: the plain compiled
+  # cl row, the baseline timed in the same call. A setting is an Inductor backend and/or wcopy and/or up, joined by +
+  for setting in ${SETTINGS:-inductor up+wcopy reduce-overhead up wcopy reduce-overhead+wcopy}; do
+    backend=inductor; copies=; upcast=
+    for part in ${setting//+/ }; do
+      case $part in wcopy) copies=+wcopy ;; up) upcast=+up ;; *) backend=$part ;; esac
+    done
+    variant=cl$copies$upcast
     step "overhead_$setting" "${STEP_LIMIT:-280}" $bench --configs $big --models "${MODELS:-S}" --modes compile \
          --variants $variant --compile-backend "$backend" --train-only --out "$OUT/bench_overhead_$setting.md"
   done

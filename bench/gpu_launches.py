@@ -25,7 +25,7 @@ proxy until a GPU profile gives the count of the same step (`bench/gpu_checks.sh
 kernels ran). Minutes per row on this project's CPU (Inductor's generation, and the library calls at full size):
 
     python bench/gpu_launches.py [--models S,L,U-Net] [--patch 512] [--batch 12] [--out FILE] [--sources DIR]
-                                 [--upcast-per-use]
+                                 [--variants cl,cl+wcopy] [--upcast-per-use]
 
 `--sources DIR` also writes the Triton source of each row's kernels moving the most, to read what they load and
 store (and in which dtype).
@@ -50,6 +50,9 @@ H100_BANDWIDTH_TB_S = 3.35  # HBM3 of the H100 SXM: what the generated kernels' 
 # A launch moving under 4 MB (1.2 us at that bandwidth) takes what any kernel takes to start and drain the card,
 # a few microseconds, not what its bytes take
 SMALL_KERNEL_GB = 0.004
+# the DANIE rows: bench variants (danie_nnunet.bench.VARIANTS), each channels-last, named in the table by their parts
+CHANNELS_LAST_VARIANTS = ("cl", "cl+wcopy", "cl+up", "cl+wcopy+up")
+ROW_NAMES = {"wcopy": "weight copies", "up": "upcast per use"}
 H100_PROPERTIES = dict(multi_processor_count=132, cc=90, major=9, regs_per_multiprocessor=65536,
                        max_threads_per_multi_processor=2048, max_threads_per_block=1024, warp_size=32)
 
@@ -197,12 +200,11 @@ def gpu_code_on_cpu(properties: dict = H100_PROPERTIES, gpu_heuristics: bool = T
         torch._dynamo.reset()
 
 
-def count_compiled_step(model: str, patch: int, batch: int, copies: bool, gpu_heuristics: bool = True,
-                        upcast_per_use: bool = False) -> dict:
-    """Triton launches of one compiled training step (forward, the trainer's loss, backward) of DANIE-`model`
-    (channels-last, bf16 autocast; `copies`: DANIE_cast_weights_once; `upcast_per_use`: DANIE_upcast_per_use, the
-    bench's cl+up) or of nnU-Net's U-Net (its fp16 autocast as
-    bf16), after a first step that compiled it; and the library calls of an eager step."""
+def count_compiled_step(model: str, patch: int, batch: int, variant: str = "cl", gpu_heuristics: bool = True) -> dict:
+    """Triton launches of one compiled training step (forward, the trainer's loss, backward) of DANIE-`model` in a
+    channels-last bench variant, bf16 autocast (`cl`; `cl+wcopy`: DANIE_cast_weights_once; `cl+up`:
+    DANIE_upcast_per_use; `cl+wcopy+up`: both) or of nnU-Net's U-Net (its fp16 autocast as bf16), after a first
+    step that compiled it; and the library calls of an eager step."""
     from danie_nnunet.bench import danie_training_step, eager_step_counts, kernel_family, unet_training_step
     from danie_nnunet.dispatch_count import LIBRARY_KINDS
 
@@ -216,7 +218,6 @@ def count_compiled_step(model: str, patch: int, batch: int, copies: bool, gpu_he
                 # convolutions are slow)
                 step.amp, step.amp_dtype = True, torch.bfloat16
             else:  # the CPU's bf16 autocast standing in for the card's
-                variant = "cl+wcopy" if copies else "cl+up" if upcast_per_use else "cl"
                 step, x = danie_training_step(model, variant, True, patch, batch, 1, 9, cpu,
                                               torch.bfloat16, dtype=torch.float32, autocast_off_cuda=True)
             started = time.perf_counter()
@@ -268,19 +269,27 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--cpu-rules", action="store_true",
                         help="let Inductor's IR and scheduler judge the nodes by the CPU's rules (the count before "
                              "2026-12-07's second session) instead of a GPU's")
+    parser.add_argument("--variants", default="cl,cl+wcopy",
+                        help="DANIE rows, bench variants with channels-last: cl, cl+wcopy (weight copies), cl+up "
+                             "(upcast per use), cl+wcopy+up")
     parser.add_argument("--upcast-per-use", action="store_true",
-                        help="also a row per DANIE with bf16 values stored before their upcasts (DANIE_upcast_per_use)")
+                        help="also a row per DANIE with bf16 values stored before their upcasts (DANIE_upcast_per_use): "
+                             "--variants plus cl+up")
     parser.add_argument("--sources", default=None,
                         help="also write the Triton source of each row's kernels moving the most (as many as "
                              "--families) under this folder")
     args = parser.parse_args(argv)
+    variants = args.variants.split(",") + (["cl+up"] if args.upcast_per_use else [])
+    unknown = [v for v in variants if v not in CHANNELS_LAST_VARIANTS]
+    if unknown:
+        parser.error(f"unknown --variants {unknown}; choose from {', '.join(CHANNELS_LAST_VARIANTS)}")
+    variants = list(dict.fromkeys(variants))  # each row once, in the order asked
     rows, details, traffic, largest = [], [], [], []
     for model in args.models.split(","):
-        rows_of_model = [(False, False), (True, False)] + ([(False, True)] if args.upcast_per_use else [])
-        for copies, upcast in (rows_of_model if model != "U-Net" else [(False, False)]):
-            c = count_compiled_step(model, args.patch, args.batch, copies, not args.cpu_rules, upcast)
+        for variant in (variants if model != "U-Net" else ["cl"]):
+            c = count_compiled_step(model, args.patch, args.batch, variant, not args.cpu_rules)
             label = "nnU-Net 2D U-Net (fp16 as bf16)" if model == "U-Net" else \
-                f"DANIE-{model}, bf16" + (", weight copies" if copies else "") + (", upcast per use" if upcast else "")
+                f"DANIE-{model}, bf16" + "".join(f", {ROW_NAMES[part]}" for part in variant.split("+")[1:])
             rows.append([label, str(c["launches"]), str(c["kernels"]), str(c["library"]),
                          str(c["launches"] + c["library"]), f"{c['gigabytes']:.1f}",
                          f"{c['gigabytes'] / H100_BANDWIDTH_TB_S:.1f}", str(c["small"]), f"{c['compile_s']:.0f}"])

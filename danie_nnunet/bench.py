@@ -49,6 +49,8 @@ VARIANTS = {  # DANIE fast formulations, each the same function as "plain" (chec
     # compiled, a bf16 value that several ops upcast is stored in bf16, not as its fp32 upcast (upcast_per_use.py,
     # DANIE_upcast_per_use); an eager row runs as cl
     "cl+up": dict(channels_last=True, recompute=False, upcast_per_use=True),
+    # both at once, as DANIETrainer does with both flags set
+    "cl+wcopy+up": dict(channels_last=True, recompute=False, weight_copies=True, upcast_per_use=True),
 }
 # A fast DANIE passes its check when its relative L2 error against the plain network in fp32 is at most
 # CHECK_FACTOR x that of the plain network in bf16 (the noise floor of the precision itself) + CHECK_FLOOR.

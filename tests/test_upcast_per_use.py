@@ -78,34 +78,42 @@ class _PaddedConvNormGelu(torch.nn.Module):
         return self.act(self.norm2(y)).float().square().mean()
 
 
-def _gradients(net: torch.nn.Module, x: torch.Tensor, split: bool):
+def _gradients(net: torch.nn.Module, x: torch.Tensor, split: bool, weights=None):
     torch._dynamo.reset()
     net.zero_grad(set_to_none=True)
     compiled = torch.compile(net)
     # the backward graph compiles at the first backward pass, inside the context; caches off, so that the pass runs
     with danie_compile_context(split), torch._inductor.config.patch(force_disable_caches=True):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = compiled(x)
+            loss = compiled(x) if weights is None else weights(compiled, x)
         loss.backward()
+    if weights is not None:
+        weights.gradients_to_parameters()
     return loss.detach(), {name: p.grad.clone() for name, p in net.named_parameters()}
 
 
-@pytest.mark.parametrize("block, shape", [(_ConvNormGelu, (2, 3, 16, 16)), (_PaddedConvNormGelu, (2, 16, 16, 16))])
-def test_the_compiled_gradients_stay_as_close_to_eager_with_the_pass(block, shape):
+@pytest.mark.parametrize("block, shape, copies", [(_ConvNormGelu, (2, 3, 16, 16), False),
+                                                  (_PaddedConvNormGelu, (2, 16, 16, 16), False),
+                                                  (_ConvNormGelu, (2, 3, 16, 16), True)])
+def test_the_compiled_gradients_stay_as_close_to_eager_with_the_pass(block, shape, copies):
     # upcasting is exact; where the bf16 value is itself a downcast (BatchNorm's output under autocast) the stored
     # value is now rounded to bf16, as eager autocast rounds it, where the fused expression had skipped the rounding:
     # so the check is the bench's for a fast formulation (CHECK_FACTOR x the plain compile's distance from eager
-    # + CHECK_FLOOR), not equality
+    # + CHECK_FLOOR), not equality; `copies`: both compiled steps on one bf16 copy of the weights, as
+    # DANIE_cast_weights_once runs them (eager, the copies are bitwise autocast's casts: tests/test_weight_cast.py)
     from danie_nnunet.bench import CHECK_FACTOR, CHECK_FLOOR
+    from danie_nnunet.weight_cast import LowPrecisionWeights
     torch.manual_seed(0)
     net, x = block(), torch.randn(*shape)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = net(x)
     loss.backward()
     eager = {name: p.grad.clone() for name, p in net.named_parameters()}
+    weights = LowPrecisionWeights.record(net, lambda: net(x), "cpu") if copies else None
+    assert not copies or len(weights) == 2
     before = upcast_per_use().split
-    _, plain = _gradients(net, x, split=False)
-    _, split = _gradients(net, x, split=True)
+    _, plain = _gradients(net, x, split=False, weights=weights)
+    _, split = _gradients(net, x, split=True, weights=weights)
     assert upcast_per_use().split > before  # the BatchNorm backwards' shared upcasts of GELU's gradient
 
     def error(grad, name):
@@ -116,12 +124,15 @@ def test_the_compiled_gradients_stay_as_close_to_eager_with_the_pass(block, shap
     torch._dynamo.reset()
 
 
-def _gpu_bytes_moved(net: torch.nn.Module, x: torch.Tensor) -> dict:
-    """GB the compiled training step's kernels move, without and with the pass: Inductor's Triton code for a GPU,
-    generated on the CPU (bench/gpu_launches.py)."""
+def _gpu_bytes_moved(net: torch.nn.Module, x: torch.Tensor, copies: bool = False) -> dict:
+    """GB the compiled training step's kernels move, and how many kernels it launches, without and with the pass:
+    Inductor's Triton code for a GPU, generated on the CPU (bench/gpu_launches.py); `copies`: the step runs on
+    one bf16 copy of the weights (DANIE_cast_weights_once, danie_nnunet/weight_cast.py)."""
+    from danie_nnunet.weight_cast import LowPrecisionWeights
     script = load_bench_script("gpu_launches")
     net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    moved = {}
+    weights = LowPrecisionWeights.record(net, lambda: net(x), "cpu") if copies else None
+    moved, launched = {}, {}
     for split in (False, True):
         torch._dynamo.reset()
         compiled = torch.compile(net)
@@ -129,11 +140,14 @@ def _gpu_bytes_moved(net: torch.nn.Module, x: torch.Tensor) -> dict:
             for _ in range(2):  # the first compiles; the second is counted
                 launches.clear()
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    loss = compiled(x)
+                    loss = compiled(x) if weights is None else weights(compiled, x)
                 loss.backward()
+                if weights is not None:
+                    weights.gradients_to_parameters()
         moved[split] = sum(n * launches.gigabytes[k] for k, n in Counter(launches).items())
+        launched[split] = sum(launches.values())
     torch._dynamo.reset()
-    return moved
+    return {**moved, "launches": launched, "copied": len(weights) if weights is not None else 0}
 
 
 def test_with_the_pass_a_gpu_kernel_no_longer_stores_the_fp32_gradient():
@@ -141,6 +155,19 @@ def test_with_the_pass_a_gpu_kernel_no_longer_stores_the_fp32_gradient():
     moved = _gpu_bytes_moved(_ConvNormGelu(), torch.randn(4, 3, 64, 64))
     # GELU's gradient (4 x 16 x 64 x 64 per layer) stored in bf16, not fp32: 0.5 MB less per layer at least
     assert moved[False] - moved[True] > 2 * 4 * 16 * 64 * 64 * 2 / 1e9, moved
+
+
+def test_the_pass_and_the_weight_copies_compose():
+    # DANIE_upcast_per_use with DANIE_cast_weights_once (the bench's cl+wcopy+up): the convolutions read the
+    # step's bf16 weight copies, and GELU's gradient is still stored in bf16; the copies' launches are gone either way
+    torch.manual_seed(0)
+    net, x = _ConvNormGelu(), torch.randn(4, 3, 64, 64)
+    copied = _gpu_bytes_moved(net, x, copies=True)
+    cast = _gpu_bytes_moved(net, x)
+    assert copied["copied"] == 2  # both convolutions' weights
+    assert copied[False] - copied[True] > 2 * 4 * 16 * 64 * 64 * 2 / 1e9, copied
+    assert copied["launches"][True] < cast["launches"][True], (copied, cast)
+    net.zero_grad(set_to_none=True)
 
 
 def test_a_downcast_the_pass_split_is_stored_not_the_long_fp32_expression_before_it():
