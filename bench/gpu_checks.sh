@@ -127,8 +127,9 @@ elif [ "$mode" = overhead ]; then
   # kernels per step against 2 607, by bench/gpu_launches.py's CPU proxy), alone or after + with an Inductor setting
   # up: the default compile of the cl+up variant (danie_nnunet/upcast_per_use.py, DANIE_upcast_per_use: DANIE-S's
   # generated kernels move 72.1 GB per step against 81.6, by the same proxy)
-  # up+wcopy: both (the cl+wcopy+up variant: DANIE-S 1 997 launches and 67.0 GB by the same proxy); inductor: the plain compiled
-  # cl row, the baseline timed in the same call. A setting is an Inductor backend and/or wcopy and/or up, joined by +
+  # up+wcopy: both (the cl+wcopy+up variant: DANIE-S 1 997 launches and 67.0 GB by the same proxy); inductor: the
+  # plain compiled cl row, the baseline timed in the same call. A setting is an Inductor backend and/or wcopy and/or
+  # up, joined by +
   for setting in ${SETTINGS:-inductor up+wcopy reduce-overhead up wcopy reduce-overhead+wcopy}; do
     backend=inductor; copies=; upcast=
     for part in ${setting//+/ }; do
