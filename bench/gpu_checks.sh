@@ -32,9 +32,10 @@
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
 # overhead (at most 9.5 min, one call): ES alone before and since its split (seconds), then the compiled DANIE-S's
 #   training step as the trainer compiles it by default (inductor: the baseline, timed in the same call), then with
-#   bf16 values stored before their upcasts and autocast's weight casts done as one bf16 copy (up+wcopy:
-#   DANIE_upcast_per_use with DANIE_cast_weights_once), then replayed as CUDA graphs (reduce-overhead), then up and
-#   wcopy alone, then reduce-overhead+wcopy, checked and timed, as many as fit its 575 s budget
+#   bf16 values stored before their upcasts, autocast's weight casts done as one bf16 copy and Inductor's realise
+#   thresholds raised (up+wcopy+fuse: DANIE_upcast_per_use, DANIE_cast_weights_once, DANIE_larger_fusions), then
+#   up+wcopy, then replayed as CUDA graphs (reduce-overhead), then up and wcopy alone, then reduce-overhead+wcopy,
+#   checked and timed, as many as fit its 575 s budget
 #   (a row is skipped, not cut, when less than 150 s is left); SETTINGS=... (also combo-kernels, and combinations
 #   such as combo-kernels+wcopy+up) MODELS=... STEP_LIMIT=... BUDGET=... MIN_STEP=... change the rows
 #   run(command="bash bench/gpu_checks.sh overhead", carry=[".whl"], timeout_s=590)
@@ -128,14 +129,15 @@ elif [ "$mode" = overhead ]; then
   # up: the default compile of the cl+up variant (danie_nnunet/upcast_per_use.py, DANIE_upcast_per_use: DANIE-S's
   # generated kernels move 72.1 GB per step against 81.6, by the same proxy)
   # up+wcopy: both (the cl+wcopy+up variant: DANIE-S 1 997 launches and 67.0 GB by the same proxy); inductor: the
-  # plain compiled cl row, the baseline timed in the same call. A setting is an Inductor backend and/or wcopy and/or
-  # up, joined by +
-  for setting in ${SETTINGS:-inductor up+wcopy reduce-overhead up wcopy reduce-overhead+wcopy}; do
-    backend=inductor; copies=; upcast=
+  # plain compiled cl row, the baseline timed in the same call; up+wcopy+fuse: the three (cl+wcopy+up+fuse:
+  # compiled.LARGER_FUSIONS; DANIE-S at 128 x 128, batch 2, 0.566 GB against 0.728 by the same proxy). A setting is
+  # an Inductor backend and/or wcopy and/or up (and fuse with both), joined by +
+  for setting in ${SETTINGS:-inductor up+wcopy+fuse up+wcopy reduce-overhead up wcopy reduce-overhead+wcopy}; do
+    backend=inductor; copies=; upcast=; fuse=
     for part in ${setting//+/ }; do
-      case $part in wcopy) copies=+wcopy ;; up) upcast=+up ;; *) backend=$part ;; esac
+      case $part in wcopy) copies=+wcopy ;; up) upcast=+up ;; fuse) fuse=+fuse ;; *) backend=$part ;; esac
     done
-    variant=cl$copies$upcast
+    variant=cl$copies$upcast$fuse
     step "overhead_$setting" "${STEP_LIMIT:-280}" $bench --configs $big --models "${MODELS:-S}" --modes compile \
          --variants $variant --compile-backend "$backend" --train-only --out "$OUT/bench_overhead_$setting.md"
   done

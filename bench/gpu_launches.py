@@ -51,8 +51,8 @@ H100_BANDWIDTH_TB_S = 3.35  # HBM3 of the H100 SXM: what the generated kernels' 
 # a few microseconds, not what its bytes take
 SMALL_KERNEL_GB = 0.004
 # the DANIE rows: bench variants (danie_nnunet.bench.VARIANTS), each channels-last, named in the table by their parts
-CHANNELS_LAST_VARIANTS = ("cl", "cl+wcopy", "cl+up", "cl+wcopy+up")
-ROW_NAMES = {"wcopy": "weight copies", "up": "upcast per use"}
+CHANNELS_LAST_VARIANTS = ("cl", "cl+wcopy", "cl+up", "cl+wcopy+up", "cl+wcopy+up+fuse")
+ROW_NAMES = {"wcopy": "weight copies", "up": "upcast per use", "fuse": "larger fusions"}
 H100_PROPERTIES = dict(multi_processor_count=132, cc=90, major=9, regs_per_multiprocessor=65536,
                        max_threads_per_multi_processor=2048, max_threads_per_block=1024, warp_size=32)
 
@@ -203,8 +203,8 @@ def gpu_code_on_cpu(properties: dict = H100_PROPERTIES, gpu_heuristics: bool = T
 def count_compiled_step(model: str, patch: int, batch: int, variant: str = "cl", gpu_heuristics: bool = True) -> dict:
     """Triton launches of one compiled training step (forward, the trainer's loss, backward) of DANIE-`model` in a
     channels-last bench variant, bf16 autocast (`cl`; `cl+wcopy`: DANIE_cast_weights_once; `cl+up`:
-    DANIE_upcast_per_use; `cl+wcopy+up`: both) or of nnU-Net's U-Net (its fp16 autocast as bf16), after a first
-    step that compiled it; and the library calls of an eager step."""
+    DANIE_upcast_per_use; `cl+wcopy+up`: both; `cl+wcopy+up+fuse`: and DANIE_larger_fusions) or of nnU-Net's U-Net
+    (its fp16 autocast as bf16), after a first step that compiled it; and the library calls of an eager step."""
     from danie_nnunet.bench import danie_training_step, eager_step_counts, kernel_family, unet_training_step
     from danie_nnunet.dispatch_count import LIBRARY_KINDS
 
@@ -271,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                              "2026-12-07's second session) instead of a GPU's")
     parser.add_argument("--variants", default="cl,cl+wcopy",
                         help="DANIE rows, bench variants with channels-last: cl, cl+wcopy (weight copies), cl+up "
-                             "(upcast per use), cl+wcopy+up")
+                             "(upcast per use), cl+wcopy+up, cl+wcopy+up+fuse (and larger fusions)")
     parser.add_argument("--upcast-per-use", action="store_true",
                         help="also a row per DANIE with bf16 values stored before their upcasts (DANIE_upcast_per_use): "
                              "--variants plus cl+up")

@@ -51,6 +51,9 @@ VARIANTS = {  # DANIE fast formulations, each the same function as "plain" (chec
     "cl+up": dict(channels_last=True, recompute=False, upcast_per_use=True),
     # both at once, as DANIETrainer does with both flags set
     "cl+wcopy+up": dict(channels_last=True, recompute=False, weight_copies=True, upcast_per_use=True),
+    # and compiled with Inductor's realise thresholds raised (compiled.LARGER_FUSIONS, DANIE_larger_fusions; GPU only)
+    "cl+wcopy+up+fuse": dict(channels_last=True, recompute=False, weight_copies=True, upcast_per_use=True,
+                             larger_fusions=True),
 }
 # A fast DANIE passes its check when its relative L2 error against the plain network in fp32 is at most
 # CHECK_FACTOR x that of the plain network in bf16 (the noise floor of the precision itself) + CHECK_FLOOR.
@@ -285,7 +288,8 @@ def danie_training_step(model: str, variant: str, compiled: bool, patch: int, ba
     model_fn = _compile(net, compile_backend) if compiled else net
     step = TrainStep(net, model_fn, "danie", loss_fn, [target] * len(scales), device, amp_dtype, autocast_off_cuda)
     if compiled:  # as DANIETrainer compiles it: the backward outside autocast (danie_nnunet/compiled.py)
-        step.trace_context = partial(danie_compile_context, VARIANTS[variant].get("upcast_per_use", False))
+        step.trace_context = partial(danie_compile_context, VARIANTS[variant].get("upcast_per_use", False),
+                                     VARIANTS[variant].get("larger_fusions", False))
     if VARIANTS[variant].get("weight_copies") and step.amp:  # as DANIETrainer records them, from the step's input
         step.weights = LowPrecisionWeights.record(net, lambda: net(x), device.type, step.amp_dtype)
     return step, x

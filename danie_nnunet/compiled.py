@@ -100,15 +100,42 @@ def values_stored_before_upcasts():
     return inductor_config.patch(post_grad_custom_post_pass=upcast_per_use())
 
 
+# Inductor stores (realises) a pointwise value that more than 4 later nodes read (`realize_reads_threshold`), or whose
+# expression has more than 30 operations and several loads (`realize_opcount_threshold`, on a GPU), instead of
+# recomputing it in each reader. In the backward of BatchNorm + GELU (and of MaxViT's SE gate) those rules store
+# fp32 intermediates (BatchNorm's output, GELU's gradient) between kernels: by Inductor's own estimate one MBConv
+# block's backward moves about twice what its reductions and gradient need. With 8 and 60 they are recomputed in
+# the kernels that read them (the same fp32 arithmetic, so the same values): DANIE-S's compiled step at 128 x 128,
+# batch 2, moves 0.566 GB instead of 0.728 (cl+wcopy+up; bench/gpu_launches.py). Set, the opcount threshold also
+# replaces a CPU's own (50), but DANIETrainer compiles on CUDA only. Experimental (DANIE_larger_fusions) until a card
+# times it: larger kernels recompute more per element, and may compile slower or spill registers.
+LARGER_FUSIONS = {"realize_reads_threshold": 8, "realize_opcount_threshold": 60}
+
+
+def fuse_larger_expressions() -> None:
+    """Process-wide: Inductor compiles from now on with `LARGER_FUSIONS`."""
+    import torch._inductor.config as inductor_config
+    for option, value in LARGER_FUSIONS.items():
+        setattr(inductor_config, option, value)
+
+
+def larger_fusions():
+    """The same for what is compiled (first called) inside this context only."""
+    import torch._inductor.config as inductor_config
+    return inductor_config.patch(LARGER_FUSIONS)
+
+
 @contextmanager
-def danie_compile_context(upcast_per_use_pass: bool = False):
+def danie_compile_context(upcast_per_use_pass: bool = False, larger_fusion_thresholds: bool = False):
     """What DANIETrainer compiles DANIE under, for what is compiled inside this context only (the first forward and
-    backward passes): the backward outside autocast and, with `upcast_per_use_pass` (DANIE_upcast_per_use), the
-    `UpcastPerUse` pass."""
+    backward passes): the backward outside autocast; with `upcast_per_use_pass` (DANIE_upcast_per_use), the
+    `UpcastPerUse` pass; with `larger_fusion_thresholds` (DANIE_larger_fusions), `LARGER_FUSIONS`."""
     with ExitStack() as stack:
         stack.enter_context(backward_outside_autocast())
         if upcast_per_use_pass:
             stack.enter_context(values_stored_before_upcasts())
+        if larger_fusion_thresholds:
+            stack.enter_context(larger_fusions())
         yield
 
 

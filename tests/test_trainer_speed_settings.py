@@ -241,18 +241,26 @@ def test_a_compiling_trainer_traces_backward_outside_autocast(monkeypatch, env):
     assert trainer.shown == [env != "f"]  # the minutes of compiling are announced; an asked-for "off" is only logged
 
 
-@pytest.mark.parametrize("compile_env, env", [(None, "t"), (None, None), ("f", "t")])
-def test_upcast_per_use_installs_inductors_pass_where_the_trainer_compiles(monkeypatch, compile_env, env):
+def _configure_compile_with(monkeypatch, compile_env, flag: str, env, inductor_options: dict):
+    """A bare DANIETrainer_S's `_configure_compile` with `flag`=`env` set, on a CUDA machine (nnUNet_compile=
+    `compile_env`); the Inductor options given, set to their values before and restored after, as it left them."""
     import torch._inductor.config as inductor_config
-    from danie_nnunet.compiled import upcast_per_use
     _on_a_cuda_machine(monkeypatch, compile_env)
     if env is not None:
-        monkeypatch.setenv("DANIE_upcast_per_use", env)
+        monkeypatch.setenv(flag, env)
     trainer = _bare(DANIETrainer_S)
     with torch._functorch.config.patch(backward_pass_autocast="same_as_forward"), \
-            inductor_config.patch(post_grad_custom_post_pass=None):  # restored after
+            inductor_config.patch(inductor_options):
         trainer._configure_compile()
-        installed = inductor_config.post_grad_custom_post_pass
+        return trainer, {option: getattr(inductor_config, option) for option in inductor_options}
+
+
+@pytest.mark.parametrize("compile_env, env", [(None, "t"), (None, None), ("f", "t")])
+def test_upcast_per_use_installs_inductors_pass_where_the_trainer_compiles(monkeypatch, compile_env, env):
+    from danie_nnunet.compiled import upcast_per_use
+    trainer, after = _configure_compile_with(monkeypatch, compile_env, "DANIE_upcast_per_use", env,
+                                             {"post_grad_custom_post_pass": None})
+    installed = after["post_grad_custom_post_pass"]
     if env == "t" and compile_env is None:
         assert installed is upcast_per_use() and "stored in bf16" in trainer.logged[-1]
     else:  # off by default; ignored, and said so, where nothing compiles
@@ -326,3 +334,15 @@ def test_weight_copies_apply_where_asked_with_bf16_autocast_and_without_ddp(monk
     monkeypatch.setenv("DANIE_cast_weights_once", "once")
     with pytest.raises(DANIEConfigurationError, match="'once' is neither on"):
         trainer._configure_weight_copies()
+
+
+@pytest.mark.parametrize("compile_env, env", [(None, "t"), (None, None), ("f", "t")])
+def test_larger_fusions_raise_inductors_realise_thresholds_where_the_trainer_compiles(monkeypatch, compile_env, env):
+    from danie_nnunet.compiled import LARGER_FUSIONS
+    unset = {option: None for option in LARGER_FUSIONS}
+    trainer, thresholds = _configure_compile_with(monkeypatch, compile_env, "DANIE_larger_fusions", env, unset)
+    if env == "t" and compile_env is None:
+        assert thresholds == LARGER_FUSIONS and "realise thresholds raised" in trainer.logged[-1]
+    else:  # off by default; ignored, and said so, where nothing compiles
+        assert thresholds == unset
+        assert ("ignored: the network is not compiled" in trainer.logged[-1]) is (env == "t")

@@ -78,12 +78,12 @@ class _PaddedConvNormGelu(torch.nn.Module):
         return self.act(self.norm2(y)).float().square().mean()
 
 
-def _gradients(net: torch.nn.Module, x: torch.Tensor, split: bool, weights=None):
+def _gradients(net: torch.nn.Module, x: torch.Tensor, split: bool, weights=None, fuse: bool = False):
     torch._dynamo.reset()
     net.zero_grad(set_to_none=True)
     compiled = torch.compile(net)
     # the backward graph compiles at the first backward pass, inside the context; caches off, so that the pass runs
-    with danie_compile_context(split), torch._inductor.config.patch(force_disable_caches=True):
+    with danie_compile_context(split, fuse), torch._inductor.config.patch(force_disable_caches=True):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = compiled(x) if weights is None else weights(compiled, x)
         loss.backward()
@@ -92,10 +92,11 @@ def _gradients(net: torch.nn.Module, x: torch.Tensor, split: bool, weights=None)
     return loss.detach(), {name: p.grad.clone() for name, p in net.named_parameters()}
 
 
-@pytest.mark.parametrize("block, shape, copies", [(_ConvNormGelu, (2, 3, 16, 16), False),
-                                                  (_PaddedConvNormGelu, (2, 16, 16, 16), False),
-                                                  (_ConvNormGelu, (2, 3, 16, 16), True)])
-def test_the_compiled_gradients_stay_as_close_to_eager_with_the_pass(block, shape, copies):
+@pytest.mark.parametrize("block, shape, copies, fuse", [(_ConvNormGelu, (2, 3, 16, 16), False, False),
+                                                        (_PaddedConvNormGelu, (2, 16, 16, 16), False, False),
+                                                        (_ConvNormGelu, (2, 3, 16, 16), True, False),
+                                                        (_PaddedConvNormGelu, (2, 16, 16, 16), False, True)])
+def test_the_compiled_gradients_stay_as_close_to_eager_with_the_pass(block, shape, copies, fuse):
     # upcasting is exact; where the bf16 value is itself a downcast (BatchNorm's output under autocast) the stored
     # value is now rounded to bf16, as eager autocast rounds it, where the fused expression had skipped the rounding:
     # so the check is the bench's for a fast formulation (CHECK_FACTOR x the plain compile's distance from eager
@@ -113,7 +114,8 @@ def test_the_compiled_gradients_stay_as_close_to_eager_with_the_pass(block, shap
     assert not copies or len(weights) == 2
     before = upcast_per_use().split
     _, plain = _gradients(net, x, split=False, weights=weights)
-    _, split = _gradients(net, x, split=True, weights=weights)
+    # `fuse`: the split step also with compiled.LARGER_FUSIONS (the opcount threshold replaces the CPU's too)
+    _, split = _gradients(net, x, split=True, weights=weights, fuse=fuse)
     assert upcast_per_use().split > before  # the BatchNorm backwards' shared upcasts of GELU's gradient
 
     def error(grad, name):
@@ -124,10 +126,11 @@ def test_the_compiled_gradients_stay_as_close_to_eager_with_the_pass(block, shap
     torch._dynamo.reset()
 
 
-def _gpu_bytes_moved(net: torch.nn.Module, x: torch.Tensor, copies: bool = False) -> dict:
+def _gpu_bytes_moved(net: torch.nn.Module, x: torch.Tensor, copies: bool = False, fuse: bool = False) -> dict:
     """GB the compiled training step's kernels move, and how many kernels it launches, without and with the pass:
     Inductor's Triton code for a GPU, generated on the CPU (bench/gpu_launches.py); `copies`: the step runs on
-    one bf16 copy of the weights (DANIE_cast_weights_once, danie_nnunet/weight_cast.py)."""
+    one bf16 copy of the weights (DANIE_cast_weights_once, danie_nnunet/weight_cast.py); `fuse`: compiled with
+    Inductor's realise thresholds raised (DANIE_larger_fusions, compiled.LARGER_FUSIONS)."""
     from danie_nnunet.weight_cast import LowPrecisionWeights
     script = load_bench_script("gpu_launches")
     net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
@@ -136,7 +139,7 @@ def _gpu_bytes_moved(net: torch.nn.Module, x: torch.Tensor, copies: bool = False
     for split in (False, True):
         torch._dynamo.reset()
         compiled = torch.compile(net)
-        with script.gpu_code_on_cpu() as launches, danie_compile_context(split):
+        with script.gpu_code_on_cpu() as launches, danie_compile_context(split, fuse):
             for _ in range(2):  # the first compiles; the second is counted
                 launches.clear()
                 with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -150,9 +153,9 @@ def _gpu_bytes_moved(net: torch.nn.Module, x: torch.Tensor, copies: bool = False
     return {**moved, "launches": launched, "copied": len(weights) if weights is not None else 0}
 
 
-def _conv_norm_gelu_bytes_moved(copies: bool) -> dict:
+def _conv_norm_gelu_bytes_moved(copies: bool, fuse: bool = False) -> dict:
     torch.manual_seed(0)
-    return _gpu_bytes_moved(_ConvNormGelu(), torch.randn(4, 3, 64, 64), copies)
+    return _gpu_bytes_moved(_ConvNormGelu(), torch.randn(4, 3, 64, 64), copies, fuse)
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +177,15 @@ def test_the_pass_and_the_weight_copies_compose(conv_norm_gelu_bytes):
     assert copied["copied"] == 2  # both convolutions' weights
     assert copied[False] - copied[True] > 2 * 4 * 16 * 64 * 64 * 2 / 1e9, copied
     assert copied["launches"][True] < cast["launches"][True], (copied, cast)
+
+
+def test_larger_fusions_recompute_the_fp32_intermediates_the_backward_stored(conv_norm_gelu_bytes):
+    # DANIE_larger_fusions (compiled.LARGER_FUSIONS): BatchNorm's output and GELU's gradient are recomputed in the
+    # kernels that read them instead of stored in fp32 between them (16.2 -> 9.4 MB on this stack, with the pass;
+    # the pass then changes nothing, as nothing it split is stored), in fewer kernels
+    fused = _conv_norm_gelu_bytes_moved(copies=False, fuse=True)
+    assert fused[True] < 0.75 * conv_norm_gelu_bytes[True], (fused, conv_norm_gelu_bytes)
+    assert fused["launches"][True] < conv_norm_gelu_bytes["launches"][True], (fused, conv_norm_gelu_bytes)
 
 
 def test_a_downcast_the_pass_split_is_stored_not_the_long_fp32_expression_before_it():

@@ -46,7 +46,8 @@ from torch._dynamo import OptimizedModule
 
 from danie_nnunet.checks import DatasetError, check_dataset_json
 from danie_nnunet.compiled import (COMPILE_SETTINGS, can_trace_backward_outside_autocast, cuda_graph_skips,
-                                   replays_cuda_graphs, store_values_before_upcasts, trace_backward_outside_autocast)
+                                   fuse_larger_expressions, replays_cuda_graphs, store_values_before_upcasts,
+                                   trace_backward_outside_autocast)
 from danie_nnunet.config import DANIEConfig, get_config
 from danie_nnunet.memory import GIB, HEADROOM, budget_note, plan_recompute
 from danie_nnunet.network import DANIE, plans_architecture
@@ -81,6 +82,11 @@ CAST_WEIGHTS_ONCE_ENV = "DANIE_cast_weights_once"
 # function to bf16 rounding; by Inductor's estimate 81.6 -> 72.1 GB for the split alone, 67.5 GB with the stored
 # downcasts, of what the compiled DANIE-S step's generated kernels move; experimental: not yet timed on a GPU)
 UPCAST_PER_USE_ENV = "DANIE_upcast_per_use"
+# Compiled, Inductor's realise thresholds raised (danie_nnunet/compiled.py's LARGER_FUSIONS: fp32 intermediates of
+# BatchNorm's and GELU's backward recomputed where they are read instead of stored; the same values; by Inductor's
+# estimate DANIE-S's step at 128 x 128, batch 2, with both flags above moves 0.566 GB instead of 0.728). GPU only;
+# experimental: not yet timed on a GPU
+LARGER_FUSIONS_ENV = "DANIE_larger_fusions"
 
 
 class DANIEConfigurationError(RuntimeError):
@@ -197,6 +203,7 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
     mirror_batching = True  # DANIE_mirror_batching overrides it
     cast_weights_once = False  # DANIE_cast_weights_once overrides it
     upcast_per_use = False  # DANIE_upcast_per_use overrides it
+    larger_fusions = False  # DANIE_larger_fusions overrides it
     weight_copies: Optional[LowPrecisionWeights] = None  # recorded at the first training step where it applies
     records_weight_copies = False
     marks_cudagraph_steps = False  # set where DANIE_compile_mode compiles with Inductor's CUDA graph trees
@@ -299,6 +306,13 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
         if decision.compiles:
             trace_backward_outside_autocast()
         self.print_to_log_file(f"DANIE: {decision.reason}", also_print_to_console=decision.to_console)
+        if env_flag(LARGER_FUSIONS_ENV, self.larger_fusions):
+            if not decision.compiles:
+                self.print_to_log_file(f"DANIE: {LARGER_FUSIONS_ENV} ignored: the network is not compiled")
+            else:
+                fuse_larger_expressions()
+                self.print_to_log_file(f"DANIE: {LARGER_FUSIONS_ENV}: compiled with Inductor's realise thresholds "
+                                       f"raised (danie_nnunet/compiled.py; experimental)", also_print_to_console=True)
         if not env_flag(UPCAST_PER_USE_ENV, self.upcast_per_use):
             return
         if not decision.compiles:
