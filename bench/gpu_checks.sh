@@ -130,7 +130,7 @@ elif [ "$mode" = overhead ]; then
   # generated kernels move 72.1 GB per step against 81.6, by the same proxy)
   # up+wcopy: both (the cl+wcopy+up variant: DANIE-S 1 997 launches and 67.0 GB by the same proxy); inductor: the
   # plain compiled cl row, the baseline timed in the same call; up+wcopy+fuse: the three (cl+wcopy+up+fuse:
-  # compiled.LARGER_FUSIONS; DANIE-S at 128 x 128, batch 2, 0.566 GB against 0.728 by the same proxy). A setting is
+  # compiled.LARGER_FUSIONS; DANIE-S 1 892 launches and 51.1 GB by the same proxy). A setting is
   # an Inductor backend and/or wcopy and/or up (and fuse with both), joined by +
   for setting in ${SETTINGS:-inductor up+wcopy+fuse up+wcopy reduce-overhead up wcopy reduce-overhead+wcopy}; do
     backend=inductor; copies=; upcast=; fuse=
