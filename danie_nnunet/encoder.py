@@ -16,12 +16,14 @@ from .attention import HierarchicalAttention
 from .config import DANIEConfig
 from .layers import ConvBlock, ConvBnAct
 from .patch_size import partition_sizes
+from .qkv_split import split_qkv_first
 
 SAP_OUT_INDICES = (1, 2, 3, 4)  # index 0 of timm's feature_info is the stride-2 stem (A3, A4)
 
 
 def create_sap_stream(cfg: DANIEConfig, img_size: Sequence[int], in_chans: int = 3) -> nn.Module:
-    """timm MaxViT at `img_size`, features_only, pretrained=False (weights are loaded by `pretrained.py`)."""
+    """timm MaxViT at `img_size`, features_only, pretrained=False (weights are loaded by `pretrained.py`), its
+    attention splitting q, k, v first (`qkv_split.py`)."""
     if not timm.is_model(cfg.sap_model):
         raise ValueError(f"timm has no model {cfg.sap_model!r}; DANIE uses MaxViT models such as "
                          f"'maxvit_tiny_tf_224' (S) or 'maxvit_small_tf_224' (L)")
@@ -33,6 +35,7 @@ def create_sap_stream(cfg: DANIEConfig, img_size: Sequence[int], in_chans: int =
     if channels != tuple(cfg.dims):
         raise ValueError(f"{cfg.sap_model} has stage channels {channels} but the DANIE config says dims="
                          f"{tuple(cfg.dims)}; set dims to the backbone's channels")
+    split_qkv_first(sap)  # the same function, one copy of each qkv gradient fewer (qkv_split.py)
     return sap
 
 

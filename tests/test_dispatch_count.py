@@ -2,6 +2,7 @@
 as CUDA's one kernel each way, and the function unchanged by counting."""
 import torch
 import torch.nn.functional as F
+from timm.models.maxxvit import AttentionCl
 from torch import nn
 
 from danie_nnunet import bench
@@ -87,7 +88,7 @@ def test_launch_table_counts_every_convolution_and_attention_of_a_danie_step(cap
         if isinstance(m, nn.Conv2d):
             m.register_forward_hook(lambda *_: conv_calls.append(1))
     parts = count_training_step(step.net, step.loss_fn, x, step.targets)
-    attention_modules = sum(type(m).__name__ == "AttentionCl" for m in step.net.modules())
+    attention_modules = sum(isinstance(m, AttentionCl) for m in step.net.modules())
     # each HierarchicalAttention's two spatial convolutions run as one grouped F.conv2d, which no module hook sees
     spatial_pairs = sum(isinstance(m, HierarchicalAttention) and m.spatial_max is not None
                         for m in step.net.modules())
