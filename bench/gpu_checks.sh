@@ -26,7 +26,8 @@
 #   run(command="bash bench/gpu_checks.sh defaults", carry=[".whl"], timeout_s=590)
 # profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps,
 #   device and host time by family, library calls by input shape; MODELS=L (about 5 min) profiles one of them; its
-#   "Inductor-generated (Triton)" kernel count checks bench/gpu_launches.py's CPU proxy (DANIE-S 2 607, L 2 594)
+#   "Inductor-generated (Triton)" kernel count checks bench/gpu_launches.py's CPU proxy (DANIE-S 2 585;
+#   L 2 594 before the q, k, v split, which took 22 off S)
 #   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
@@ -34,7 +35,9 @@
 #   training step as the trainer compiles it by default (inductor: the baseline, timed in the same call), then with
 #   bf16 values stored before their upcasts, autocast's weight casts done as one bf16 copy and Inductor's realise
 #   thresholds raised (up+wcopy+fuse: DANIE_upcast_per_use, DANIE_cast_weights_once, DANIE_larger_fusions), then
-#   up+wcopy, then replayed as CUDA graphs (reduce-overhead), then up and wcopy alone, then reduce-overhead+wcopy,
+#   the three replayed as CUDA graphs (reduce-overhead+up+wcopy+fuse: by the README's estimates DANIE-S's 1.0x needs
+#   both the fewer bytes and no host launches), then up+wcopy, then reduce-overhead alone, then up and wcopy alone,
+#   then reduce-overhead+wcopy,
 #   checked and timed, as many as fit its 575 s budget
 #   (a row is skipped, not cut, when less than 150 s is left); SETTINGS=... (also combo-kernels, and combinations
 #   such as combo-kernels+wcopy+up) MODELS=... STEP_LIMIT=... BUDGET=... MIN_STEP=... change the rows
@@ -130,9 +133,10 @@ elif [ "$mode" = overhead ]; then
   # generated kernels move 72.1 GB per step against 81.6, by the same proxy)
   # up+wcopy: both (the cl+wcopy+up variant: DANIE-S 1 997 launches and 67.0 GB by the same proxy); inductor: the
   # plain compiled cl row, the baseline timed in the same call; up+wcopy+fuse: the three (cl+wcopy+up+fuse:
-  # compiled.LARGER_FUSIONS; DANIE-S 1 892 launches and 51.1 GB by the same proxy). A setting is
-  # an Inductor backend and/or wcopy and/or up (and fuse with both), joined by +
-  for setting in ${SETTINGS:-inductor up+wcopy+fuse up+wcopy reduce-overhead up wcopy reduce-overhead+wcopy}; do
+  # compiled.LARGER_FUSIONS; DANIE-S 1 870 launches and 49.8 GB by the same proxy since the q, k, v split). A setting
+  # is an Inductor backend and/or wcopy and/or up (and fuse with both), joined by +
+  for setting in ${SETTINGS:-inductor up+wcopy+fuse reduce-overhead+up+wcopy+fuse up+wcopy reduce-overhead up wcopy \
+                             reduce-overhead+wcopy}; do
     backend=inductor; copies=; upcast=; fuse=
     for part in ${setting//+/ }; do
       case $part in wcopy) copies=+wcopy ;; up) upcast=+up ;; fuse) fuse=+fuse ;; *) backend=$part ;; esac
