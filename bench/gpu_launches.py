@@ -18,7 +18,7 @@ Each generated kernel also carries what Inductor estimates it reads and writes (
 its own bandwidth profiler divides by a kernel's time), so the table says how many GB the step's Triton kernels
 move and how long that takes at the H100's bandwidth: the least device time the generated kernels can take, next
 to the profile's measured time of the same kernels (`profile_compiled` prints them by family,
-`danie_nnunet.bench.generated_family_table`).
+`danie_nnunet.profile_tables.generated_family_table`).
 
 It depends on Inductor internals of the pinned torch (tests/test_bench.py runs it on a small network) and is a
 proxy until a GPU profile gives the count of the same step (`bench/gpu_checks.sh profile_compiled` prints how many
@@ -205,7 +205,8 @@ def count_compiled_step(model: str, patch: int, batch: int, variant: str = "cl",
     channels-last bench variant, bf16 autocast (`cl`; `cl+wcopy`: DANIE_cast_weights_once; `cl+up`:
     DANIE_upcast_per_use; `cl+wcopy+up`: both; `cl+wcopy+up+fuse`: and DANIE_larger_fusions) or of nnU-Net's U-Net
     (its fp16 autocast as bf16), after a first step that compiled it; and the library calls of an eager step."""
-    from danie_nnunet.bench import danie_training_step, eager_step_counts, kernel_family, unet_training_step
+    from danie_nnunet.bench import danie_training_step, eager_step_counts, unet_training_step
+    from danie_nnunet.profile_tables import kernel_family
     from danie_nnunet.dispatch_count import LIBRARY_KINDS
 
     cpu = torch.device("cpu")
