@@ -206,8 +206,8 @@ def count_compiled_step(model: str, patch: int, batch: int, variant: str = "cl",
     DANIE_upcast_per_use; `cl+wcopy+up`: both; `cl+wcopy+up+fuse`: and DANIE_larger_fusions) or of nnU-Net's U-Net
     (its fp16 autocast as bf16), after a first step that compiled it; and the library calls of an eager step."""
     from danie_nnunet.bench import danie_training_step, eager_step_counts, unet_training_step
-    from danie_nnunet.profile_tables import kernel_family
     from danie_nnunet.dispatch_count import LIBRARY_KINDS
+    from danie_nnunet.profile_tables import kernel_family
 
     cpu = torch.device("cpu")
     torch.set_flush_denormal(True)  # the uncomputed kernels leave anything in the library calls' inputs
