@@ -27,7 +27,7 @@
 # profile_compiled (about 9 min, one call): device-busy share and kernels of the compiled DANIE-S and DANIE-L steps,
 #   device and host time by family, library calls by input shape; MODELS=L (about 5 min) profiles one of them; its
 #   "Inductor-generated (Triton)" kernel count checks bench/gpu_launches.py's CPU proxy (DANIE-S 2 585;
-#   L 2 594 before the q, k, v split, which took 22 off S)
+#   L 2 594 before the q, k, v split, which took 22 off S); then each step's floor and launch bound (step_bounds.md)
 #   run(command="bash bench/gpu_checks.sh profile_compiled", carry=[".whl"], timeout_s=590)
 # mirror (about 1.5 min): nnU-Net's mirrored single tiles, DANIE-S and DANIE-L, with and without mirror batching
 #   run(command="bash bench/gpu_checks.sh mirror", carry=[".whl"], timeout_s=200)
@@ -112,6 +112,20 @@ elif [ "$mode" = profile_compiled ]; then
     step "profile_$m" $limit $bench --configs $big --models "$m" --variants cl --modes compile --profile \
          --out "$OUT/profile_${m}_compiled.txt"
   done
+  # each profiled step's floor and launch bound (bench/step_bounds.py) with the bytes that Inductor's H100 code
+  # moves by the CPU's count: the default compile's, then the three flags' (the library calls stay the same)
+  if [ -z "${SMALL:-}" ]; then  # a CPU profile has no device times
+    counts="$here/../docs/measurements"
+    for m in $(echo "${MODELS:-S,L}" | tr , ' '); do
+      [ -s "$OUT/profile_${m}_compiled.txt" ] || continue
+      if [ "$m" = S ]; then default=(2026-12-07f-cpu/gpu_bytes_512x12_S_cl_qkv_split.md "DANIE-S, bf16")
+      else default=(2026-12-07c-cpu/gpu_bytes_512x12_gpu_rules.md "DANIE-L, bf16"); fi
+      $PY "$here/step_bounds.py" --model "$m" --profile "$OUT/profile_${m}_compiled.txt" \
+          --bytes "$counts/${default[0]}" --row "${default[1]}" \
+          --bytes "$counts/2026-12-07f-cpu/gpu_bytes_512x12_${m}_qkv_split.md" --row "larger fusions" 2>&1 \
+        | grep -v "Warning\|warnings.warn" | tee -a "$OUT/step_bounds.md"
+    done
+  fi
 elif [ "$mode" = mirror ]; then
   # nnU-Net's test-time mirroring of single tiles with and without DANIE's mirror batching (CUDA graphs both)
   if [ -n "${SMALL:-}" ]; then size=64; tiles=3; else size=512; tiles=50; fi
