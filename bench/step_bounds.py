@@ -38,8 +38,8 @@ UNET_STEP_MS = 41.9
 HOST_BOUND_STEP = (115.4, 3369 + 20)
 OPTIMISER_LAUNCHES = 20
 
-# the library operators of a DANIE step, by group: a group missing from a profile's rows is bounded by its
-# smallest row (every group is in every DANIE step: 688 calls, section "What a training step launches")
+# the library operators of a DANIE step, by group (every group is in every DANIE step: 688 calls, section "What a
+# training step launches"): a group missing from a profile's rows took at most the profile's smallest row
 LIBRARY_GROUPS = (
     ("convolution backward", re.compile(r"^aten::convolution_backward$")),
     ("convolution forward", re.compile(r"conv")),
