@@ -1,7 +1,8 @@
 """Joint Preservation (paper §3.4, Eq. 10-12; spec §2.6-2.7): fuse the two streams and decode coarse to fine."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections import OrderedDict
+from typing import List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,19 @@ def bilinear_matrix(n_in: int, n_out: int, dtype: torch.dtype = torch.float32) -
     return m.to(dtype)
 
 
+def with_current_head_names(state_dict: Mapping[str, torch.Tensor], prefix: str = "heads.") -> Mapping:
+    """`state_dict` with the heads' keys of checkpoints written before 2026-12-08 (`heads.heads.K.*`) under their
+    present name (`heads.seg_layers.K.*`); the same object where there are none."""
+    old = prefix + "heads."
+    if not any(key.startswith(old) for key in state_dict):
+        return state_dict
+    renamed = OrderedDict((prefix + "seg_layers." + key[len(old):] if key.startswith(old) else key, value)
+                          for key, value in state_dict.items())
+    if hasattr(state_dict, "_metadata"):  # torch's per-module versions, which load_state_dict reads
+        renamed._metadata = state_dict._metadata
+    return renamed
+
+
 class PredictionHeads(nn.Module):
     """p_k = Up(Conv1x1(j_k)) to the input size, bilinear (A22); y = sum_k alpha_k p_k (Eq. 12).
 
@@ -97,7 +111,11 @@ class PredictionHeads(nn.Module):
     def __init__(self, dims: Sequence[int], num_classes: int, weights: Sequence[float],
                  img_size: Optional[Sequence[int]] = None, upsample: str = "matmul"):
         super().__init__()
-        self.heads = nn.ModuleList(nn.Conv2d(d, num_classes, 1, bias=True) for d in dims)
+        # nnU-Net's name for the layers that give the segmentation maps: its transfer of pretrained weights
+        # (`nnUNetv2_train ... -pretrained_weights CHECKPOINT`) skips keys containing ".seg_layers.", so a DANIE
+        # trained on one dataset fine-tunes on another with other classes
+        self.seg_layers = nn.ModuleList(nn.Conv2d(d, num_classes, 1, bias=True) for d in dims)
+        self.register_load_state_dict_pre_hook(self._load_old_names)
         self.weights = tuple(float(w) for w in weights)
         self.sizes = []
         if upsample == "matmul" and img_size is not None:
@@ -109,6 +127,14 @@ class PredictionHeads(nn.Module):
                                      persistent=False)
                 self.sizes.append((small, tuple(img_size)))
 
+    @staticmethod
+    def _load_old_names(module, state_dict, prefix, *args) -> None:
+        # torch hands its own copy of the state dict to the hooks, so it is renamed in place
+        renamed = with_current_head_names(state_dict, prefix)
+        if renamed is not state_dict:
+            state_dict.clear()
+            state_dict.update(renamed)
+
     def _upsample(self, k: int, logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         if k < len(self.sizes) and self.sizes[k] == (tuple(logits.shape[-2:]), tuple(size)):
             return getattr(self, f"up_h{k}") @ logits @ getattr(self, f"up_w{k}")
@@ -116,6 +142,6 @@ class PredictionHeads(nn.Module):
 
     def forward(self, j: Sequence[torch.Tensor], size: Sequence[int]) -> List[torch.Tensor]:
         """Returns [y, p_1, p_2, p_3, p_4], all at `size`."""
-        p = [self._upsample(k, head(jk), size) for k, (head, jk) in enumerate(zip(self.heads, j))]
+        p = [self._upsample(k, head(jk), size) for k, (head, jk) in enumerate(zip(self.seg_layers, j))]
         y = sum(w * pk for w, pk in zip(self.weights, p))
         return [y, *p]

@@ -10,7 +10,7 @@ from .config import DANIEConfig, get_config
 from .cuda_graphs import CUDAGraphInference
 from .mirror_batching import MirrorBatching
 from .encoder import HierarchicalAttentionalPerception, create_sap_stream
-from .joint_preservation import JointPreservation, PredictionHeads
+from .joint_preservation import JointPreservation, PredictionHeads, with_current_head_names
 from .layers import InputAdapter
 from .patch_size import STRIDE, check_patch_size, partition_sizes
 from .recompute import DEFAULT_SEGMENTS, set_recompute
@@ -18,10 +18,10 @@ from .recompute import DEFAULT_SEGMENTS, set_recompute
 _WIDTH_NAMES = {512: " (DANIE-S)", 768: " (DANIE-L)"}  # C_4 of the presets
 # (what, state dict keys (first present wins), axis, value -> text): facts a DANIE checkpoint records in its shapes
 _CHECKPOINT_FACTS = (
-    ("classes", ("heads.heads.0.weight",), 0, str),
+    ("classes", ("heads.seg_layers.0.weight",), 0, str),
     # the 1x1 input adapter if there is one (in_chans != 3), else the first conv of a stream
     ("input channels", ("input_adapter.0.weight", "sap.stem.conv1.weight", "hap.embed.0.0.weight"), 1, str),
-    ("stage-4 width", ("heads.heads.3.weight",), 1, lambda c: f"{c}{_WIDTH_NAMES.get(c, '')}"),
+    ("stage-4 width", ("heads.seg_layers.3.weight",), 1, lambda c: f"{c}{_WIDTH_NAMES.get(c, '')}"),
     # relative-position table of (2p-1)^2 entries: p is the MaxViT partition size, set by the patch size
     ("MaxViT partition size (set by the patch size)",
      ("sap.stages_0.blocks.0.attn_block.attn.rel_pos.relative_position_bias_table",), 1, lambda n: str((n + 1) // 2)),
@@ -112,7 +112,9 @@ class DANIE(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """torch's load_state_dict; with strict=True a checkpoint of another DANIE is refused with a message
-        saying what differs (instead of torch's list of hundreds of size mismatches)."""
+        saying what differs (instead of torch's list of hundreds of size mismatches). Checkpoints of before
+        2026-12-08 name the heads `heads.heads.K`, now `heads.seg_layers.K`: both load."""
+        state_dict = with_current_head_names(state_dict)
         if strict:
             mismatch = self._describe_mismatch(state_dict)
             if mismatch:

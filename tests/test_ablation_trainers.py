@@ -74,11 +74,11 @@ def test_every_ablation_trainer_trains_an_iteration(nnunet_inputs, monkeypatch, 
         if batch is None:  # one real, augmented batch of the tiny dataset, shared by every row
             loader, _ = trainer.get_dataloaders()
             batch = next(loader)
-        head = network.heads.heads[0].weight.detach().clone()
+        head = network.heads.seg_layers[0].weight.detach().clone()
         network.train()
         loss = trainer.train_step(batch)["loss"]
         assert np.isfinite(loss), cls.__name__
-        assert not torch.equal(head, network.heads.heads[0].weight), f"{cls.__name__}: no optimiser step"
+        assert not torch.equal(head, network.heads.seg_layers[0].weight), f"{cls.__name__}: no optimiser step"
         del trainer, network
         gc.collect()
 

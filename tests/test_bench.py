@@ -44,7 +44,7 @@ def test_bench_check_fails_a_fast_path_that_changes_the_function(monkeypatch):
     def broken(model, patch, in_chans, num_classes, variant="plain", **kwargs):
         net = build(model, patch, in_chans, num_classes, variant, **kwargs)
         if variant == "cl":  # a "fast path" that adds a constant to one head
-            net.heads.heads[0].register_forward_hook(lambda m, i, o: o + 1.0)
+            net.heads.seg_layers[0].register_forward_hook(lambda m, i, o: o + 1.0)
         return net
 
     monkeypatch.setattr(bench, "build_danie", broken)
