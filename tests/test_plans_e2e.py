@@ -31,3 +31,30 @@ def test_each_protocol_preprocesses_trains_and_predicts_with_the_stock_commands(
             assert np.isin(sitk.GetArrayFromImage(seg), range(6)).all()
     preprocessed = os.path.join(trained["preprocessed"], "nnUNetPlans_2d_danie_p224")
     assert os.path.isdir(preprocessed) and os.listdir(preprocessed)
+
+
+@pytest.mark.e2e
+def test_nnunets_residual_encoder_presets_train_and_predict_danie(trained):
+    # nnU-Net 2.8 recommends its ResEnc presets (nnUNetPlannerResEncM/L/XL); a DANIE trainer takes their 2d
+    # configuration's patch and batch and replaces the ResidualEncoderUNet with DANIE, in the run's plans.json too
+    import json
+    env, paths, root = trained["env"], trained["paths"], trained["root"]
+    nnunet(["nnUNetv2_plan_experiment", "-d", DATASET, "-pl", "nnUNetPlannerResEncM"], env)
+    plans = json.load(open(os.path.join(trained["preprocessed"], "nnUNetResEncUNetMPlans.json")))["configurations"]
+    assert plans["2d"]["architecture"]["network_class_name"].endswith("ResidualEncoderUNet")
+    # the presets share the default preprocessing: the shared dataset's nnUNetPlans_2d is their data
+    assert plans["2d"]["data_identifier"] == "nnUNetPlans_2d"
+    trainer = "DANIETrainerTestOneIteration"
+    nnunet(["nnUNetv2_train", DATASET, "2d", "0", "-tr", trainer, "-p", "nnUNetResEncUNetMPlans", "-device", "cpu"],
+           env, nnUNet_n_proc_DA="0")
+    run = os.path.join(env["nnUNet_results"], os.path.basename(trained["preprocessed"]),
+                       f"{trainer}__nnUNetResEncUNetMPlans__2d")
+    saved = json.load(open(os.path.join(run, "plans.json")))["configurations"]["2d"]
+    assert saved["architecture"]["network_class_name"] == "danie_nnunet.network.DANIE.from_plans"
+    assert saved["batch_size"] == plans["2d"]["batch_size"]
+    pred = str(root / "pred_resenc")
+    nnunet(["nnUNetv2_predict", "-i", paths["imagesTs"], "-o", pred, "-d", DATASET, "-c", "2d", "-p",
+            "nnUNetResEncUNetMPlans", "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "0", "-nps", "0"], env)
+    for case in sorted(os.listdir(paths["imagesTs"])):
+        seg = sitk.ReadImage(os.path.join(pred, case.replace("_0000", "")))
+        assert seg.GetSize() == sitk.ReadImage(os.path.join(paths["imagesTs"], case)).GetSize()
