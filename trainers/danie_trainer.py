@@ -263,7 +263,8 @@ class DANIETrainer(EpochTiming, nnUNetTrainer):
         report = load_imagenet_weights(unwrap_network(self.network))
         if report is None:
             self.print_to_log_file(f"DANIE: no ImageNet weights ({ENV_VAR} is not set): the MaxViT stream starts "
-                                   f"from random init, unlike the paper. Set {ENV_VAR} to a weights file or folder "
+                                   f"from random init, unlike the paper (unless nnUNetv2_train's -pretrained_weights "
+                                   f"loads a checkpoint next). Set {ENV_VAR} to a weights file or folder "
                                    f"(see `danie-nnunet download-weights`).", also_print_to_console=True)
         else:
             self.print_to_log_file(f"DANIE: {report}", also_print_to_console=True)
