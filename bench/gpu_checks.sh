@@ -120,7 +120,7 @@ elif [ "$mode" = profile_compiled ]; then
       [ -s "$OUT/profile_${m}_compiled.txt" ] || continue
       if [ "$m" = S ]; then default=(2026-12-07f-cpu/gpu_bytes_512x12_S_cl_qkv_split.md "DANIE-S, bf16")
       else default=(2026-12-07c-cpu/gpu_bytes_512x12_gpu_rules.md "DANIE-L, bf16"); fi
-      $PY "$here/step_bounds.py" --model "$m" --profile "$OUT/profile_${m}_compiled.txt" \
+      $PY "$here/step_bounds.py" --profile "$OUT/profile_${m}_compiled.txt" \
           --bytes "$counts/${default[0]}" --row "${default[1]}" \
           --bytes "$counts/2026-12-07f-cpu/gpu_bytes_512x12_${m}_qkv_split.md" --row "larger fusions" 2>&1 \
         | grep -v "Warning\|warnings.warn" | tee -a "$OUT/step_bounds.md"

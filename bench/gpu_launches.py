@@ -46,7 +46,8 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-H100_BANDWIDTH_TB_S = 3.35  # HBM3 of the H100 SXM: what the generated kernels' bytes take at best
+from danie_nnunet.bench import H100_BANDWIDTH_TB_S
+
 # A launch moving under 4 MB (1.2 us at that bandwidth) takes what any kernel takes to start and drain the card,
 # a few microseconds, not what its bytes take
 SMALL_KERNEL_GB = 0.004

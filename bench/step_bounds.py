@@ -14,29 +14,31 @@ one the optimiser and copies are taken from a compiled profile (`--other-from`),
 parameter count.
 
     python bench/step_bounds.py                     # the cases of record (docs/performance.md)
-    python bench/step_bounds.py --model L --profile PROFILE.txt --bytes GPU_BYTES.md --row "larger fusions" \
+    python bench/step_bounds.py --profile PROFILE.txt --bytes GPU_BYTES.md --row "larger fusions" \
         [--bytes OTHER.md --row ...]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from danie_nnunet.bench import H100_BANDWIDTH_TB_S
 from danie_nnunet.markdown import table_lines
-from danie_nnunet.profile_tables import LIBRARY_OPERATOR
+from danie_nnunet.profile_tables import LIBRARY_OPERATOR, OPTIMIZER_OPERATOR
 
 MEASUREMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "measurements")
 
-# the H100 (SXM) of the measurements: HBM3 bandwidth; the compiled U-Net's step (2026-11-27, 286.6 slices/s at
-# 512 x 512, batch 12); the compiled DANIE-S's host-bound step and its launches (the same day's profile)
-H100_TB_PER_S = 3.35
+# the H100 of the measurements: the compiled U-Net's step (2026-11-27, 286.6 slices/s at 512 x 512, batch 12); the
+# compiled DANIE-S's host-bound step and its launches (the same day's profile)
 UNET_STEP_MS = 41.9
 HOST_BOUND_STEP = (115.4, 3369 + 20)
 OPTIMISER_LAUNCHES = 20
+LIBRARY_CALLS = {"S": 688, "L": 690}  # per step (eager count), where a bytes table does not say
 
 # the library operators of a DANIE step, by group (every group is in every DANIE step: 688 calls, section "What a
 # training step launches"): a group missing from a profile's rows took at most the profile's smallest row
@@ -49,7 +51,6 @@ LIBRARY_GROUPS = (
     ("addmm", re.compile(r"^aten::addmm$")),
     ("bmm", re.compile(r"^aten::(bmm|baddbmm)$")),
 )
-OPTIMISER = re.compile(r"^aten::(_fused_adamw?_?|_foreach\w*)$")
 COPIES = re.compile(r"^aten::copy_$")
 
 
@@ -59,6 +60,14 @@ class Profile:
     title: str
     rows: Dict[str, Tuple[float, int]]  # operator or kernel name -> (self device microseconds, calls)
     smallest_us: float  # the smallest listed row: what any unlisted row took at most
+
+    @property
+    def model(self) -> str:
+        """"S" or "L", from the title `bench --profile` writes ("DANIE-S cl, ...")."""
+        match = re.match(r"DANIE-([SL])\b", self.title)
+        if not match:
+            raise ValueError(f"the profile's title {self.title!r} does not name DANIE-S or DANIE-L")
+        return match.group(1)
 
     @property
     def compiled(self) -> bool:
@@ -132,7 +141,7 @@ def optimiser_and_copies_ms(profile: Profile) -> Tuple[float, float]:
         raise ValueError(f"{profile.title!r} is not a compiled step: its copies are autocast's casts, which "
                          "compiling removes; take them from a compiled profile (--other-from)")
     pick = lambda pattern: sum(us for name, (us, _) in profile.rows.items() if pattern.search(name)) / 1e3
-    return pick(OPTIMISER), pick(COPIES)
+    return pick(OPTIMIZER_OPERATOR), pick(COPIES)
 
 
 def parse_bytes(text: str, row: str) -> Tuple[int, Optional[int], float]:
@@ -156,6 +165,7 @@ def parse_bytes(text: str, row: str) -> Tuple[int, Optional[int], float]:
     raise ValueError(f"no row naming {row!r} in the bytes table (rows: {[l.split('|')[1].strip() for l in lines[2:]]})")
 
 
+@functools.lru_cache(maxsize=None)
 def parameter_count(model: str) -> int:
     """DANIE-S's or -L's parameters (1 input channel, 9 classes), built on the meta device."""
     import torch
@@ -167,17 +177,14 @@ def parameter_count(model: str) -> int:
 
 @dataclass
 class Case:
-    label: str
+    label: Optional[str]  # None: "DANIE-S (profile file), the bytes of ROW"
     profile: str
     bytes_file: str
     row: str
-    model: str  # "S" or "L": whose parameters the optimiser updates
-    library_calls: int = 688  # where the bytes table does not say (DANIE-S 688, DANIE-L 690)
     other_from: Optional[str] = None  # a compiled profile, for an eager profile's optimiser and copies
-    other_model: str = "S"
 
 
-def bounds(case: Case, tb_per_s: float = H100_TB_PER_S, unet_ms: float = UNET_STEP_MS) -> dict:
+def bounds(case: Case, tb_per_s: float = H100_BANDWIDTH_TB_S, unet_ms: float = UNET_STEP_MS) -> dict:
     """The floor and the launch bound of one case, in milliseconds and against the U-Net's step. The host time per
     launch is the profiled step's own where its title gives its wall time and launches (a compiled profile, as
     `bench --profile` writes it now), else the H100's compiled DANIE-S's (HOST_BOUND_STEP)."""
@@ -189,19 +196,21 @@ def bounds(case: Case, tb_per_s: float = H100_TB_PER_S, unet_ms: float = UNET_ST
     if profile.compiled:
         optimiser, copies = optimiser_and_copies_ms(profile)
     elif case.other_from:
-        optimiser, copies = optimiser_and_copies_ms(parse_profile(read(case.other_from)))
-        optimiser *= parameter_count(case.model) / parameter_count(case.other_model)
+        other = parse_profile(read(case.other_from))
+        optimiser, copies = optimiser_and_copies_ms(other)
+        optimiser *= parameter_count(profile.model) / parameter_count(other.model)
     else:
         optimiser_and_copies_ms(profile)  # raises, saying why
     launches, library_calls, gb = parse_bytes(read(case.bytes_file), case.row)
-    library_calls = library_calls or case.library_calls
+    library_calls = library_calls or LIBRARY_CALLS[profile.model]
     generated = gb / tb_per_s
     floor = (low + optimiser + copies + generated, high + optimiser + copies + generated)
     all_launches = launches + library_calls + OPTIMISER_LAUNCHES
     host_bound = (profile.compiled and profile.host_bound_step) or HOST_BOUND_STEP
     us_per_launch = 1e3 * host_bound[0] / host_bound[1]
     launch_bound = all_launches * us_per_launch / 1e3
-    return dict(label=case.label, library=(low, high), missing=missing, other=optimiser + copies, gb=gb,
+    label = case.label or f"DANIE-{profile.model} ({os.path.basename(case.profile)}), the bytes of {case.row!r}"
+    return dict(label=label, library=(low, high), missing=missing, other=optimiser + copies, gb=gb,
                 generated=generated, floor=floor, floor_x=(unet_ms / floor[1], unet_ms / floor[0]),
                 launches=all_launches, us_per_launch=us_per_launch, launch_bound=launch_bound,
                 launch_x=unet_ms / launch_bound)
@@ -234,14 +243,14 @@ L_EAGER_H200 = _measurement("2026-11-26-h200", "call1_profile_L_cl_eager.txt")
 # eager and compiled profiles agree within 4 % on their convolutions and matrix products: 24.3 against 23.3 ms)
 CASES_OF_RECORD = (
     Case("DANIE-S, the default compile (H100 profile)", S_COMPILED,
-         _measurement("2026-12-07f-cpu", "gpu_bytes_512x12_S_cl_qkv_split.md"), "DANIE-S, bf16", "S"),
+         _measurement("2026-12-07f-cpu", "gpu_bytes_512x12_S_cl_qkv_split.md"), "DANIE-S, bf16"),
     Case("DANIE-S, the three flags (H100 profile)", S_COMPILED,
-         _measurement("2026-12-07f-cpu", "gpu_bytes_512x12_S_qkv_split.md"), "larger fusions", "S"),
+         _measurement("2026-12-07f-cpu", "gpu_bytes_512x12_S_qkv_split.md"), "larger fusions"),
     Case("DANIE-L, the default compile before the q, k, v split (H200 eager profile)", L_EAGER_H200,
-         _measurement("2026-12-07c-cpu", "gpu_bytes_512x12_gpu_rules.md"), "DANIE-L, bf16", "L",
-         library_calls=690, other_from=S_COMPILED),
+         _measurement("2026-12-07c-cpu", "gpu_bytes_512x12_gpu_rules.md"), "DANIE-L, bf16",
+         other_from=S_COMPILED),
     Case("DANIE-L, the three flags (H200 eager profile)", L_EAGER_H200,
-         _measurement("2026-12-07f-cpu", "gpu_bytes_512x12_L_qkv_split.md"), "larger fusions", "L",
+         _measurement("2026-12-07f-cpu", "gpu_bytes_512x12_L_qkv_split.md"), "larger fusions",
          other_from=S_COMPILED),
 )
 
@@ -253,19 +262,16 @@ def main(argv=None) -> int:
                         help="a bench/gpu_launches.py table of the same step (repeatable: one row each)")
     parser.add_argument("--row", action="append", default=[],
                         help="the bytes table's row, a part of its model name (one per --bytes)")
-    parser.add_argument("--model", choices=("S", "L"), default="S")
     parser.add_argument("--other-from", default=S_COMPILED,
                         help="for an eager profile: a compiled profile to take the optimiser and copies from")
-    parser.add_argument("--tb-per-s", type=float, default=H100_TB_PER_S, help="the card's memory bandwidth")
+    parser.add_argument("--tb-per-s", type=float, default=H100_BANDWIDTH_TB_S, help="the card's memory bandwidth")
     parser.add_argument("--unet-ms", type=float, default=UNET_STEP_MS, help="the compiled U-Net's step there")
     args = parser.parse_args(argv)
     if bool(args.profile) != bool(args.bytes) or len(args.row) not in (0, len(args.bytes)):
         parser.error("--profile goes with one --bytes or more, and --row with each --bytes (none: the cases of "
                      "record)")
     rows = args.row or ["DANIE"] * len(args.bytes)
-    cases = ([Case(f"DANIE-{args.model} ({os.path.basename(args.profile)}), the bytes of {row!r}", args.profile,
-                   path, row,
-                   args.model, library_calls=688 if args.model == "S" else 690, other_from=args.other_from)
+    cases = ([Case(None, args.profile, path, row, other_from=args.other_from)
               for path, row in zip(args.bytes, rows)] if args.profile else CASES_OF_RECORD)
     try:
         results = [bounds(case, args.tb_per_s, args.unet_ms) for case in cases]

@@ -34,6 +34,7 @@ from .weight_cast import LowPrecisionWeights
 
 # dense bf16 tensor-core peaks (TFLOP/s) by device name, for the "share of peak" column
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
+H100_BANDWIDTH_TB_S = 3.35  # HBM3 of the H100 SXM: what the generated kernels' bytes take at best
 
 
 VARIANTS = {  # DANIE fast formulations, each the same function as "plain" (checked per row against it)

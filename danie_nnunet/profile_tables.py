@@ -45,6 +45,9 @@ KERNEL_FAMILIES = (
 # the operators that call cuDNN, cuBLAS or an attention kernel (compiling keeps each one a call of its own)
 LIBRARY_OPERATOR = re.compile(r"^aten::(\w*conv\w*|mm|addmm|bmm|baddbmm|\w*attention\w*)$")
 
+# the optimiser's operators (torch's fused AdamW, or the foreach kernels of an unfused one)
+OPTIMIZER_OPERATOR = re.compile(r"^aten::(_fused_adamw?_?|_foreach\w*)$")
+
 # host (CPU) events by name, first match wins: where the host spends a step. A step bound by launches shows its
 # time in launching (CUDA runtime, Inductor's launchers, the library operators' host side, Python wrappers); one
 # bound by the device shows it in the runtime's waits (a blocking copy such as `.item()`, a synchronisation)
@@ -53,7 +56,7 @@ HOST_FAMILIES = (
     ("CUDA runtime: kernel launches", re.compile(r"^cu(da)?\w*Launch")),
     ("Inductor kernel launchers", re.compile(r"^triton_")),
     ("library operators (host side)", LIBRARY_OPERATOR),
-    ("optimizer and foreach", re.compile(r"^Optimizer\.|^aten::(_fused_adamw?_?|_foreach\w*)$")),
+    ("optimizer and foreach", re.compile(r"^Optimizer\.|" + OPTIMIZER_OPERATOR.pattern)),
     ("compiled-graph runtime (Python)",
      re.compile(r"^(Torch-Compiled Region|## Call CompiledFxGraph|CompiledFunction|TorchDynamo|AOTDispatcher|"
                 r"Pregraph bytecode)")),

@@ -1,5 +1,6 @@
 """plans/ end to end: each protocol's configuration added to the shared tiny dataset's plans, then preprocessed, trained
 and predicted with the stock nnU-Net commands."""
+import json
 import os
 
 import numpy as np
@@ -37,7 +38,6 @@ def test_each_protocol_preprocesses_trains_and_predicts_with_the_stock_commands(
 def test_nnunets_residual_encoder_presets_train_and_predict_danie(trained):
     # nnU-Net 2.8 recommends its ResEnc presets (nnUNetPlannerResEncM/L/XL); a DANIE trainer takes their 2d
     # configuration's patch and batch and replaces the ResidualEncoderUNet with DANIE, in the run's plans.json too
-    import json
     env, paths, root = trained["env"], trained["paths"], trained["root"]
     nnunet(["nnUNetv2_plan_experiment", "-d", DATASET, "-pl", "nnUNetPlannerResEncM"], env)
     plans = json.load(open(os.path.join(trained["preprocessed"], "nnUNetResEncUNetMPlans.json")))["configurations"]

@@ -104,13 +104,13 @@ def test_a_new_profile_bounds_its_step_with_its_own_host_time_per_launch(tmp_pat
     counts = tmp_path / "bytes.md"
     counts.write_text("| model | Triton launches | library calls (eager count) | Triton GB moved |\n|---|---|---|---|\n"
                       "| DANIE-L, bf16 | 1290 | 690 | 67.0 |\n| DANIE-L, larger fusions | 1000 | 690 | 33.5 |")
-    result = step_bounds.bounds(step_bounds.Case("L", str(profile), str(counts), "larger fusions", "L"))
+    result = step_bounds.bounds(step_bounds.Case("L", str(profile), str(counts), "larger fusions"))
     assert result["library"] == pytest.approx((40.4, 40.4)) and not result["missing"]
     assert result["other"] == pytest.approx(1.9)
     assert result["floor"][0] == pytest.approx(40.4 + 1.9 + 10.0)
     assert result["us_per_launch"] == pytest.approx(50.0)
     assert result["launch_bound"] == pytest.approx((1000 + 690 + 20) * 0.05)
-    assert step_bounds.main(["--model", "L", "--profile", str(profile), "--bytes", str(counts), "--row", "bf16",
+    assert step_bounds.main(["--profile", str(profile), "--bytes", str(counts), "--row", "bf16",
                              "--bytes", str(counts), "--row", "larger fusions", "--unet-ms", "50"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| DANIE-L")]
     assert len(lines) == 2 and "the bytes of 'bf16'" in lines[0] and "| 100.0 | 0.50x |" in lines[0]
